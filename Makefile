@@ -1,0 +1,64 @@
+# LUMEN Factory - the front door. `make help` lists the targets.
+SHELL := /bin/bash
+PY_SYS ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# mmcv 2.1.0 has no wheel for torch 2.13: it is built once from source (about 15 min on 2 cores)
+# into this folder and reinstalled from it afterwards.
+WHEELHOUSE ?= $(HOME)/.cache/lumen-factory/wheels
+CONSTRAINTS := $(VENV)/constraints.txt
+OUT ?= outputs
+
+.PHONY: help setup test test-fast lint format demo city contact-sheet train-segformer bench \
+        cluster-up cluster-down cluster-submit clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+setup:  ## create .venv and install everything (torch 2.13, the project, mmcv with ops, mmseg)
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned; the constraint keeps every later install from replacing it.
+	$(PIP) install -q torch==2.13.0
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev]"
+	$(MAKE) mmcv
+	$(PIP) install -q -c $(CONSTRAINTS) "mmsegmentation==1.2.2" ftfy regex
+	$(PY) -c "import mmseg, mmcv.ops, factory, downstream; print('setup ok: mmseg', mmseg.__version__)"
+
+.PHONY: mmcv
+mmcv:  ## build mmcv 2.1.0 with ops once (cached in WHEELHOUSE), then install it
+	@if $(PY) -c "import mmcv, mmcv.ops" 2>/dev/null; then echo "mmcv with ops already installed"; exit 0; fi; \
+	set -e; mkdir -p $(WHEELHOUSE); \
+	if ! ls $(WHEELHOUSE)/mmcv-2.1.0-*.whl >/dev/null 2>&1; then \
+	  echo "building mmcv 2.1.0 with ops from source (once; ~15 min on 2 cores)"; \
+	  $(PIP) install -q -c $(CONSTRAINTS) "setuptools<70" wheel ninja; \
+	  MMCV_WITH_OPS=1 MAX_JOBS=$${MAX_JOBS:-2} $(PIP) wheel --no-deps --no-build-isolation \
+	    -c $(CONSTRAINTS) -w $(WHEELHOUSE) mmcv==2.1.0; \
+	  $(PIP) install -q -c $(CONSTRAINTS) "setuptools>=77"; \
+	fi; \
+	$(PIP) install -q -c $(CONSTRAINTS) $(WHEELHOUSE)/mmcv-2.1.0-*.whl
+
+test:  ## run the whole test suite (slow end-to-end tests included)
+	$(PY) -m pytest -q tests
+
+test-fast:  ## the fast tests only
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint:  ## ruff lint + format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:  ## ruff format + autofix
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+city:  ## write the procedural city (Cityscapes + ACDC layouts) under data/
+	$(PY) -m factory.data.procedural --out data/procedural --height 128 --width 256
+
+demo:  ## the whole paper in miniature, offline, on a CPU
+	$(PY) -m factory.demo --out $(OUT)/demo
+
+clean:  ## remove generated outputs (keeps .venv)
+	rm -rf $(OUT) data runs work_dirs

@@ -1,0 +1,42 @@
+"""Shared fixtures: the procedural city (generated once per session) and one local Ray instance.
+
+No test may reach the network: hub access is switched off for the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def city_root(tmp_path_factory) -> Path:
+    """A small procedural city (64x128) in the official Cityscapes and ACDC folder layouts."""
+    from factory.data.procedural import generate_city
+
+    root = tmp_path_factory.mktemp("city")
+    generate_city(root, n_train=6, n_val=4, n_acdc=3, height=64, width=128, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One in-process local Ray instance shared by every test that needs Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
