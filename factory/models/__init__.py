@@ -1,0 +1,43 @@
+"""Model references -> diffusers components (hub id, local folder, ``tiny``, ``sd15-arch``)."""
+
+from factory.models.components import (
+    BUILTIN_REFS,
+    SD15_ARCH,
+    SD_SCHEDULE,
+    TINY,
+    ModelError,
+    SDComponents,
+    build_tokenizer,
+    build_unet,
+    content_hash,
+    default_dtype,
+    describe,
+    encode_prompts,
+    load_components,
+    load_controlnet,
+    new_controlnet,
+    resolve_device,
+    save_components,
+    vae_scale_factor,
+)
+
+__all__ = [
+    "BUILTIN_REFS",
+    "SD15_ARCH",
+    "SD_SCHEDULE",
+    "TINY",
+    "ModelError",
+    "SDComponents",
+    "build_tokenizer",
+    "build_unet",
+    "content_hash",
+    "default_dtype",
+    "describe",
+    "encode_prompts",
+    "load_components",
+    "load_controlnet",
+    "new_controlnet",
+    "resolve_device",
+    "save_components",
+    "vae_scale_factor",
+]
