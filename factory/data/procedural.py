@@ -200,9 +200,9 @@ def _clip_polygon(pts: np.ndarray, xmin: float, ymin: float, xmax: float, ymax: 
     return np.array(out, dtype=np.float64).reshape(-1, 2)
 
 
-def _int_polygon(cam: _Cam, pts3d: np.ndarray) -> list[list[int]]:
-    """Project, clip to a one-pixel margin around the image, round to integer vertices."""
-    pts = _clip_polygon(cam.project(pts3d), -1.0, -1.0, cam.w, cam.h)
+def _int_outline(pts: np.ndarray, height: int, width: int) -> list[list[int]]:
+    """Clip projected points to a one-pixel margin around the image, round to integer vertices."""
+    pts = _clip_polygon(pts, -1.0, -1.0, width, height)
     if len(pts) < 3:
         return []
     ipts = np.round(pts).astype(int)
@@ -546,27 +546,49 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
     sky_poly = objects[0]["polygon"]
     labelids[_raster(sky_poly, height, width)] = SKY
 
-    # 2. Painter's order: every polygon overwrites what it covers.
+    # 2. Painter's order: every object overwrites what it covers. A car is one polygon (the
+    #    outline of its visible faces, as a Cityscapes annotator draws it); its faces only give
+    #    depth and texture inside that outline.
+    groups: list[list[_Poly]] = []
+    for poly in world.polys:
+        prev = groups[-1][0] if groups else None
+        if prev is not None and poly.label == CAR and prev.label == CAR and prev.instance == poly.instance:
+            groups[-1].append(poly)
+        else:
+            groups.append([poly])
     n_inst = {CAR: 0, PERSON: 0}
     inst_of: dict[int, int] = {}  # world instance index -> Cityscapes instance id
-    for poly in world.polys:
-        ipoly = _int_polygon(cam, poly.points)
-        if not ipoly:
+    for faces in groups:
+        pts2d = np.concatenate([cam.project(f.points) for f in faces])
+        if len(faces) > 1:
+            pts2d = cv2.convexHull(pts2d.astype(np.float32))[:, 0, :].astype(np.float64)
+        outline = _int_outline(pts2d, height, width)
+        if not outline:
             continue
-        m = _raster(ipoly, height, width)
+        m = _raster(outline, height, width)
         if not m.any():
             continue
-        if poly.label in HAS_INSTANCES and poly.instance not in inst_of:
-            inst_of[poly.instance] = poly.label * 1000 + n_inst[poly.label]
-            n_inst[poly.label] += 1
-        z = cam.plane_depth(poly.plane)
-        zmin, zmax = float(poly.points[:, 2].min()), float(poly.points[:, 2].max())
-        z = np.where(np.isfinite(z), np.clip(z, zmin, zmax), zmax)
-        image[m] = _texture(rng, poly, cam, z, m, emissive)
-        depth[m] = z[m]
-        labelids[m] = poly.label
-        instanceids[m] = inst_of.get(poly.instance, poly.label) if poly.label in HAS_INSTANCES else poly.label
-        objects.append({"label": LABEL_NAMES[poly.label], "polygon": ipoly})
+        label, instance = faces[0].label, faces[0].instance
+        if label in HAS_INSTANCES and instance not in inst_of:
+            inst_of[instance] = label * 1000 + n_inst[label]
+            n_inst[label] += 1
+        # The nearest face (last) covers the whole outline first; then each face its own part.
+        for face, fm in [(faces[-1], m)] + [(f, None) for f in faces]:
+            if fm is None:
+                face_outline = _int_outline(cam.project(face.points), height, width)
+                if not face_outline or len(faces) == 1:
+                    continue
+                fm = _raster(face_outline, height, width) & m
+                if not fm.any():
+                    continue
+            z = cam.plane_depth(face.plane)
+            zmin, zmax = float(face.points[:, 2].min()), float(face.points[:, 2].max())
+            z = np.where(np.isfinite(z), np.clip(z, zmin, zmax), zmax)
+            image[fm] = _texture(rng, face, cam, z, fm, emissive)
+            depth[fm] = z[fm]
+        labelids[m] = label
+        instanceids[m] = inst_of[instance] if label in HAS_INSTANCES else label
+        objects.append({"label": LABEL_NAMES[label], "polygon": outline})
 
     # 3. Ego vehicle bonnet in half of the scenes (Cityscapes label 1, ignored in evaluation).
     if rng.random() < 0.5:
