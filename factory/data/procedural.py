@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from factory.data.labels import ID_COLOURS, ID_TO_TRAINID
+
 # ---------------------------------------------------------------------------------------------
 # Constants
 # ---------------------------------------------------------------------------------------------
@@ -826,19 +828,6 @@ def apply_weather(
 # ---------------------------------------------------------------------------------------------
 
 
-def _label_tables() -> tuple[np.ndarray, np.ndarray]:
-    """id -> trainId and id -> colour lookup tables from cityscapesscripts (not re-typed)."""
-    from cityscapesscripts.helpers.labels import labels
-
-    train = np.full(256, 255, np.uint8)
-    colour = np.zeros((256, 3), np.uint8)
-    for lab in labels:
-        if lab.id >= 0:
-            train[lab.id] = 255 if lab.trainId < 0 else lab.trainId
-            colour[lab.id] = lab.color
-    return train, colour
-
-
 def _write_png(path: Path, array: np.ndarray) -> None:
     """PNG via OpenCV (RGB/RGBA given, BGR/BGRA written); 16-bit arrays stay 16-bit."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -889,7 +878,7 @@ def generate_city(
             raise ValueError(f"generate_city: {name} must be >= 0, got {value}")
     out = Path(out)
     cities = {**DEFAULT_CITIES, **(cities or {})}
-    train_lut, colour_lut = _label_tables()
+    train_lut, colour_lut = ID_TO_TRAINID, ID_COLOURS
     cs_root, acdc_root = out / "cityscapes", out / "acdc"
     counts: dict[str, int] = {}
 

@@ -50,6 +50,25 @@ def check_key(key: str) -> str:
 
 
 @dataclass(frozen=True)
+class BadSample:
+    """A file a reader skipped (``on_error="skip"``), and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class ReadResult:
+    """What a lister found: the good sample refs and the skipped files with reasons."""
+
+    refs: list[SampleRef]
+    bad: list[BadSample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+@dataclass(frozen=True)
 class SampleRef:
     """Where one sample lives. ``paths['image']`` always exists; labels are optional."""
 

@@ -1,0 +1,112 @@
+"""ACDC reader: list the adverse-condition images with their labels and clear reference images.
+
+Layout (root is the folder holding ``rgb_anon/`` and ``gt/``)::
+
+    rgb_anon/<condition>/<split>/<sequence>/<stem>_rgb_anon.png
+    rgb_anon/<condition>/<split>_ref/<sequence>/<stem>_rgb_ref_anon.png   (clear reference)
+    gt/<condition>/<split>/<sequence>/<stem>_gt_labelTrainIds.png           (+ _gt_labelIds.png,
+                                                   _gt_labelColor.png, _gt_invIds.png when present)
+
+conditions: fog, night, rain, snow. The test split has no ``gt/``: then refs carry no labels.
+When ``gt/<condition>/<split>`` exists, each image must have its labelTrainIds file.
+Extra paths (not label kinds): ``ref_image`` and ``invids``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from factory.data.cityscapes import OnError, _fail, load_sample
+from factory.data.sample import BadSample, DataError, ReadResult, SampleRef, check_key
+
+CONDITIONS = ("fog", "night", "rain", "snow")
+_IMAGE_SUFFIX = "_rgb_anon.png"
+# kind -> (file suffix in gt/, required when gt/<condition>/<split> exists)
+_GT_FILES = {
+    "labeltrainids": ("_gt_labelTrainIds.png", True),
+    "labelids": ("_gt_labelIds.png", False),
+    "color": ("_gt_labelColor.png", False),
+    "invids": ("_gt_invIds.png", False),
+}
+
+
+def _check_root(root: Path) -> Path:
+    if not root.is_dir():
+        raise DataError(root, "ACDC root does not exist", "pass the folder that contains rgb_anon/ and gt/")
+    images = root / "rgb_anon"
+    if not images.is_dir():
+        hint = "pass the folder that contains rgb_anon/ and gt/"
+        if (root / "acdc" / "rgb_anon").is_dir():
+            hint = f"pass {root / 'acdc'} (it contains rgb_anon/)"
+        elif root.name == "rgb_anon":
+            hint = f"pass its parent {root.parent}"
+        raise DataError(root, "not an ACDC root: expected a rgb_anon/ folder inside it", hint)
+    return images
+
+
+def list_acdc(
+    root: str | Path,
+    split: str,
+    *,
+    conditions: Sequence[str] = CONDITIONS,
+    on_error: OnError = "raise",
+) -> ReadResult:
+    """List ACDC images of ``split`` for ``conditions``, sorted by condition then key."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown:
+        raise ValueError(f"unknown ACDC conditions {unknown}; allowed: {list(CONDITIONS)}")
+    root = Path(root)
+    images_root = _check_root(root)
+    refs: list[SampleRef] = []
+    bad: list[BadSample] = []
+    for condition in conditions:
+        split_dir = images_root / condition / split
+        if not split_dir.is_dir():
+            raise DataError(
+                split_dir,
+                f"ACDC folder for condition {condition!r}, split {split!r} not found",
+                f"expected rgb_anon/{condition}/{split}/<sequence>/*{_IMAGE_SUFFIX}; check the root or the conditions",
+            )
+        images = sorted(split_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
+        if not images:
+            raise DataError(
+                split_dir, f"no *{_IMAGE_SUFFIX} images under {split_dir}/<sequence>/", "check the extraction"
+            )
+        gt_dir = root / "gt" / condition / split
+        for img in images:
+            stem = img.name[: -len(_IMAGE_SUFFIX)]
+            seq = img.parent.name
+            try:
+                key = check_key(stem)
+            except ValueError as e:
+                _fail(img, str(e), "rename the file", on_error, bad)
+                continue
+            paths: dict[str, Path] = {"image": img}
+            ref_img = images_root / condition / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png"
+            if ref_img.is_file():
+                paths["ref_image"] = ref_img
+            ok = True
+            for kind, (suffix, required) in _GT_FILES.items():
+                path = gt_dir / seq / f"{stem}{suffix}"
+                if path.is_file():
+                    paths[kind] = path
+                elif required and gt_dir.is_dir():
+                    _fail(
+                        path,
+                        f"missing {kind} label for image {img.name}",
+                        f"restore the file, or remove the image, or remove gt/{condition}/{split}",
+                        on_error,
+                        bad,
+                    )
+                    ok = False
+                    break
+            if ok:
+                meta = {"dataset": "acdc", "split": split, "sequence": seq, "condition": condition}
+                refs.append(SampleRef(key, paths, meta))
+    return ReadResult(refs, bad)
+
+
+__all__ = ["CONDITIONS", "list_acdc", "load_sample"]
