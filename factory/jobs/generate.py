@@ -1,0 +1,731 @@
+"""The generation job: every (reference, variant) -> one synthetic sample, on Ray, exactly once.
+
+Usage::
+
+    python -m factory.jobs.generate --config configs/generate/procedural.yaml [key=value ...]
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
+        python -m factory.jobs.generate --config configs/generate/procedural.yaml out=/abs/path
+
+Outline (each step is a function below):
+1. Validate the config (unknown key, wrong type or impossible value fail here, naming the field).
+2. Plan: list references (factory.data), expand variants (factory.synth), sort, split into
+   shards of ``samples_per_shard`` items. Skip shards whose manifest part exists (resume).
+3. Run a pool of actors (one per GPU; CPU actors without GPUs). An actor loads the models once
+   and turns one shard into one tar + one manifest part; out-of-memory halves its batch; a
+   dead actor is replaced and its unfinished shards reassigned.
+4. Write the dataset card (markdown + JSON) and a contact sheet PNG.
+
+Shards are byte-identical across reruns and actor counts: items are assigned to shards by the
+plan, each sample has its own seed (``sample_seed``), tar headers are fixed, and the per-sample
+metadata holds no timings (timings go to the manifest, which is per attempt anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from factory.config import check, load_config, to_dict
+from factory.data.sample import DataError, Sample, SampleRef
+from factory.jobs.common import (
+    RayConfig,
+    check_plan,
+    digest,
+    init_ray,
+    plan_actors,
+    run_actor_pool,
+    shard_name,
+    split_into_shards,
+)
+from factory.shards import Manifest, ManifestRow, ShardConfig, ShardWriter, atomic_write_bytes, label_files
+from factory.synth.seeds import sample_seed
+from factory.synth.synthesizer import SynthConfig, Synthesizer, SynthOutput, WorkItem
+from factory.synth.variants import Variant, VariantsConfig
+
+log = logging.getLogger("factory.jobs.generate")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaultsConfig:
+    """Fault injection for tests and drills (all off by default).
+
+    ``oom_above_batch``: a synthesizer call with more items raises ``torch.OutOfMemoryError``.
+    ``nan_keys``: these synthetic keys' images are replaced by NaN before the job's checks.
+    ``kill_after_items``: the first actor SIGKILLs itself after this many items (once per output
+    folder). ``delay_s``: sleep per batch (to give a test time to kill the driver mid-job).
+    """
+
+    oom_above_batch: int = 0
+    nan_keys: list[str] = field(default_factory=list)
+    kill_after_items: int = 0
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.oom_above_batch >= 0, "oom_above_batch", f"must be >= 0, got {self.oom_above_batch}")
+        check(self.kill_after_items >= 0, "kill_after_items", f"must be >= 0, got {self.kill_after_items}")
+        check(self.delay_s >= 0, "delay_s", f"must be >= 0, got {self.delay_s}")
+
+
+@dataclass
+class DatasetSpec:
+    """Which references to re-synthesise (mirrors factory.data's DatasetConfig)."""
+
+    kind: str = "cityscapes"
+    root: Path = Path("data/procedural/cityscapes")
+    split: str = "train"
+    conditions: list[str] = field(default_factory=lambda: ["fog", "night", "rain", "snow"])
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        check(
+            self.kind in ("cityscapes", "acdc"), "kind", f"must be 'cityscapes' or 'acdc', got {self.kind!r}"
+        )
+        check(self.limit >= 0, "limit", f"must be >= 0 (0 = all), got {self.limit}")
+
+
+@dataclass
+class GenerateConfig:
+    """The whole generation job. ``synthesizer`` is "lumen" (factory.synth) or "module:callable"
+    (a factory ``f(cfg) -> synthesizer`` for custom models and test doubles)."""
+
+    out: Path
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    variants: VariantsConfig = field(default_factory=VariantsConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    condition: dict[str, Any] = field(default_factory=dict)
+    synthesizer: str = "lumen"
+    max_attempts: int = 2
+    min_image_std: float = 1.0
+    seed: int = 0
+    samples_per_shard: int = 16
+    batch_size: int = 4
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    contact_sheet_refs: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.max_attempts >= 1, "max_attempts", f"must be >= 1, got {self.max_attempts}")
+        check(self.min_image_std >= 0, "min_image_std", f"must be >= 0, got {self.min_image_std}")
+        check(
+            self.contact_sheet_refs >= 0, "contact_sheet_refs", f"must be >= 0, got {self.contact_sheet_refs}"
+        )
+        check(
+            self.synthesizer == "lumen" or self.synthesizer.count(":") == 1,
+            "synthesizer",
+            f"must be 'lumen' or 'package.module:factory', got {self.synthesizer!r}",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The synthesizer seen by the job
+# --------------------------------------------------------------------------------------------
+
+
+class SynthesizerLike(Protocol):
+    """What the job needs from a synthesizer (``factory.synth.Synthesizer`` fits): ``setup()``
+    loads models once; ``__call__(items, samples=...)`` returns one ``SynthOutput`` per item, in
+    order, with ``image`` None and ``error`` set for a sample it could not make. Optional:
+    ``signature()`` (recorded in each sample's metadata) and ``preview(sample)`` (an RGB image of
+    the condition for the contact sheet)."""
+
+    def setup(self) -> Any: ...
+
+    def __call__(self, items: Sequence[WorkItem], *, samples: Sequence[Sample]) -> list[SynthOutput]: ...
+
+
+def build_synthesizer(cfg: GenerateConfig) -> SynthesizerLike:
+    """Resolve ``cfg.synthesizer``: the LUMEN synthesizer, or ``module:factory`` called with cfg."""
+    if cfg.synthesizer == "lumen":
+        return LumenSynthesizer(cfg)
+    module_name, attr = cfg.synthesizer.split(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory(cfg)
+
+
+class LumenSynthesizer:
+    """factory.synth's Synthesizer with its condition provider, built inside the actor."""
+
+    def __init__(self, cfg: GenerateConfig):
+        self.cfg = cfg
+        self.synth: Synthesizer | None = None
+
+    def setup(self) -> LumenSynthesizer:
+        from factory.models import load_components, resolve_device
+
+        s = self.cfg.synth
+        components = load_components(s.base_model, device=resolve_device(s.device))
+        condition = None
+        if self.cfg.condition:
+            from factory.conditions import ConditionConfig, build_condition
+            from factory.config import from_dict
+
+            condition = build_condition(from_dict(ConditionConfig, self.cfg.condition), components)
+        self.synth = Synthesizer(s, components, None, condition).setup()
+        return self
+
+    def __call__(self, items: Sequence[WorkItem], *, samples: Sequence[Sample]) -> list[SynthOutput]:
+        assert self.synth is not None, "call setup() first"
+        return self.synth(items, samples=samples, batch_size=len(items))
+
+    def signature(self) -> dict[str, Any]:
+        assert self.synth is not None, "call setup() first"
+        return self.synth.signature()
+
+    def preview(self, sample: Sample) -> np.ndarray | None:
+        """First three condition channels as RGB (min-max per channel), for the contact sheet."""
+        if self.synth is None or self.synth.condition is None:
+            return None
+        cond = self.synth.condition([sample])[0, :3].float().cpu().numpy()
+        lo = cond.reshape(cond.shape[0], -1).min(1)[:, None, None]
+        hi = cond.reshape(cond.shape[0], -1).max(1)[:, None, None]
+        rgb = ((cond - lo) / np.maximum(hi - lo, 1e-8) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+        if rgb.shape[2] < 3:
+            rgb = np.repeat(rgb[:, :, :1], 3, axis=2)
+        return rgb
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+
+
+_KEY_FROM_FILE = re.compile(r"^(.+?)_(leftImg8bit|gtFine|disparity|camera|gtBbox3d|rgb_anon|gt_)")
+
+
+def list_references(spec: DatasetSpec) -> list[SampleRef]:
+    """References sorted by key, including the ones the reader could not list completely.
+
+    A reference with a missing label file is still planned (with ``meta['listing_error']``):
+    each of its variants then gets a ``failed`` row naming the file, so the manifest accounts for
+    every (reference, variant) and a user sees what to fix.
+    """
+    from factory.data.acdc import list_acdc
+    from factory.data.cityscapes import list_cityscapes
+
+    if spec.kind == "cityscapes":
+        result = list_cityscapes(spec.root, spec.split, on_error="skip")
+    else:
+        result = list_acdc(spec.root, spec.split, conditions=spec.conditions, on_error="skip")
+    refs = {r.key: r for r in result.refs}
+    for bad in result.bad:
+        m = _KEY_FROM_FILE.match(Path(bad.path).name)
+        if not m or m.group(1) in refs:
+            log.warning("skipping unlistable file %s: %s", bad.path, bad.reason)
+            continue
+        refs[m.group(1)] = SampleRef(m.group(1), {"image": Path(bad.path)}, {"listing_error": bad.reason})
+    ordered = [refs[k] for k in sorted(refs)]
+    return ordered[: spec.limit] if spec.limit else ordered
+
+
+def plan_items(refs: Sequence[SampleRef], variants: Sequence[Variant], job_seed: int) -> list[WorkItem]:
+    """Every (reference, variant), reference-major, with its per-sample seed (attempt 0)."""
+    items = [WorkItem(ref, v, sample_seed(job_seed, ref.key, v.name)) for ref in refs for v in variants]
+    keys = [i.key for i in items]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k, n in Counter(keys).items() if n > 1)
+        raise ValueError(f"two work items share the key {dup!r} (duplicate reference keys in the dataset?)")
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# The actor
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardResult:
+    shard: str
+    counts: dict[str, int]
+    busy_s: float
+    batch_size: int
+    previews: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class GenerateWorker:
+    """One per GPU (or CPU slot): loads models once, turns a shard's items into a tar + part."""
+
+    def __init__(self, cfg: GenerateConfig, slot: int, run_id: str, preview_refs: Sequence[str]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        if torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.cfg = cfg
+        self.slot = slot
+        self.run_id = run_id
+        self.preview_refs = set(preview_refs)
+        self.batch_size = cfg.batch_size
+        self.items_done = 0
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.manifest = Manifest(cfg.out / "manifest")
+        self.pool = ThreadPoolExecutor(cfg.shards.encode_threads, thread_name_prefix="encode")
+        self.synth = build_synthesizer(cfg)
+        self.synth.setup()
+        signature = getattr(self.synth, "signature", None)
+        self.signature = _plain(signature()) if callable(signature) else {"synthesizer": cfg.synthesizer}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _load(self, item: WorkItem) -> tuple[Sample | None, dict[str, Path], str]:
+        """The reference image and its label files; a problem is returned as a reason."""
+        from factory.data.cityscapes import load_sample
+
+        if item.ref.meta.get("listing_error"):
+            return None, {}, f"reference incomplete: {item.ref.meta['listing_error']}"
+        try:
+            labels = label_files(item.ref)
+            sample = load_sample(item.ref, labels=False)
+        except (DataError, OSError, ValueError) as e:
+            return None, {}, f"reference unreadable: {e}"
+        return sample, labels, ""
+
+    def _synthesize(
+        self, items: list[WorkItem], samples: list[Sample]
+    ) -> tuple[list[SynthOutput], list[float]]:
+        """Outputs in item order, and each output's share of its batch's seconds.
+
+        Out of memory halves this actor's batch size (for good) and retries the same items:
+        each sample has its own generator, so the outputs do not depend on the batch.
+        """
+        import torch
+
+        outputs: list[SynthOutput] = []
+        seconds: list[float] = []
+        i = 0
+        while i < len(items):
+            n = self.batch_size
+            t0 = time.perf_counter()
+            try:
+                if (
+                    self.cfg.faults.oom_above_batch
+                    and len(items[i : i + n]) > self.cfg.faults.oom_above_batch
+                ):
+                    raise torch.OutOfMemoryError(f"simulated out of memory at batch {len(items[i : i + n])}")
+                if self.cfg.faults.delay_s:
+                    time.sleep(self.cfg.faults.delay_s)
+                out = self.synth(items[i : i + n], samples=samples[i : i + n])
+            except torch.OutOfMemoryError as e:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("%s: out of memory (%s); batch size now %d", self.name, e, self.batch_size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            k = len(items[i : i + n])
+            if len(out) != k:
+                raise RuntimeError(f"synthesizer returned {len(out)} outputs for {k} items")
+            outputs.extend(out)
+            seconds.extend([(time.perf_counter() - t0) / k] * k)
+            i += k
+        return outputs, seconds
+
+    def _maybe_die(self) -> None:
+        """Fault injection: SIGKILL this actor's own process (once per output folder)."""
+        n = self.cfg.faults.kill_after_items
+        if not n or self.slot != 0 or self.items_done < n:
+            return
+        marker = self.cfg.out / ".fault-killed"
+        if marker.exists():
+            return
+        marker.write_text(self.name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def process_shard(self, shard: str, items: list[WorkItem]) -> ShardResult:
+        """Synthesise a shard's items (retrying rejected ones with new seeds), write tar + part."""
+        rows: list[ManifestRow] = []
+        writer = ShardWriter(self.cfg.out / "shards" / f"{shard}.tar", self.cfg.shards, self.pool)
+        counts: Counter[str] = Counter()
+        busy = 0.0
+        previews: dict[str, np.ndarray] = {}
+        for start in range(0, len(items), self.cfg.batch_size):
+            # 1. Load the references; unreadable ones are failed samples, the rest go on.
+            todo: list[tuple[WorkItem, Sample, dict[str, Path]]] = []
+            for item in items[start : start + self.cfg.batch_size]:
+                sample, labels, problem = self._load(item)
+                if sample is None:
+                    rows.append(self._row(item, shard, "failed", problem))
+                    counts["failed"] += 1
+                else:
+                    todo.append((item, sample, labels))
+            # 2. Synthesise; rejected samples are retried with a new seed (attempt k).
+            for attempt in range(self.cfg.max_attempts):
+                if not todo:
+                    break
+                batch = [
+                    WorkItem(
+                        it.ref, it.variant, sample_seed(self.cfg.seed, it.ref.key, it.variant.name, attempt)
+                    )
+                    for it, _, _ in todo
+                ]
+                outputs, seconds = self._synthesize(batch, [s for _, s, _ in todo])
+                busy += sum(seconds)
+                retry = []
+                for (orig, sample, labels), item, out, synth_s in zip(todo, batch, outputs, seconds):
+                    reason, image = self._check(item, out)
+                    timings = {"synth_s": synth_s, **{k: float(v) for k, v in (out.timings or {}).items()}}
+                    if reason:
+                        rows.append(self._row(item, shard, "rejected", reason, attempt, timings))
+                        if attempt + 1 < self.cfg.max_attempts:
+                            retry.append((orig, sample, labels))
+                        else:
+                            counts["rejected"] += 1
+                        continue
+                    writer.add(item.key, image, labels, self._metadata(item, sample, out, image, attempt))
+                    rows.append(self._row(item, shard, "ok", "", attempt, timings))
+                    counts["ok"] += 1
+                    preview = getattr(self.synth, "preview", None)
+                    if sample.key in self.preview_refs and sample.key not in previews and callable(preview):
+                        img = preview(sample)
+                        if img is not None:
+                            previews[sample.key] = img
+                todo = retry
+            self.items_done += len(items[start : start + self.cfg.batch_size])
+            self._maybe_die()
+        # 3. Commit: the tar first (atomic rename), then its manifest part.
+        written = {w.key: w for w in writer.close()}
+        for r in rows:
+            if r.status == "ok":
+                r.checksums = written[r.key].checksums
+        self.manifest.write_part(shard, rows)
+        return ShardResult(shard, dict(counts), busy, self.batch_size, previews)
+
+    def _check(self, item: WorkItem, out: SynthOutput) -> tuple[str, np.ndarray | None]:
+        """Reason to reject (empty = accept) and the image. The synthesizer already turns NaN
+        into an error; ``faults.nan_keys`` simulates that here for any synthesizer."""
+        image = out.image
+        if item.key in self.cfg.faults.nan_keys and image is not None:
+            image = np.full(image.shape, np.nan, np.float32)
+        if image is None:
+            return (out.error or "synthesizer returned no image"), None
+        image = np.asarray(image)
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            return "nonfinite: NaN/inf values in the synthesised image", None
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            return f"synthesised image must be HxWx3 uint8, got {image.dtype} {image.shape}", None
+        if self.cfg.min_image_std > 0 and float(image.std()) < self.cfg.min_image_std:
+            return (
+                f"near-constant image (std {image.std():.2f} < min_image_std {self.cfg.min_image_std})",
+                None,
+            )
+        return "", image
+
+    def _metadata(
+        self, item: WorkItem, sample: Sample, out: SynthOutput, image: np.ndarray, attempt: int
+    ) -> dict[str, Any]:
+        """Deterministic per-sample metadata (no timings: shards must be byte-reproducible)."""
+        return {
+            "key": item.key,
+            "source_key": sample.key,
+            "variant": item.variant.name,
+            "prompt_set": item.variant.prompt_set,
+            "prompt": out.prompt,
+            "negative_prompt": out.negative_prompt,
+            "seed": int(out.seed),
+            "attempt": attempt,
+            "job_seed": self.cfg.seed,
+            "image_size": [int(image.shape[0]), int(image.shape[1])],
+            "label_size": list(sample.size),
+            "source": {k: v for k, v in sample.meta.items() if isinstance(v, str | int | float | bool)},
+            "quality": {"std": round(float(image.std()), 4), "nonfinite": int(getattr(out, "nonfinite", 0))},
+            "models": self.signature,
+        }
+
+    def _row(
+        self,
+        item: WorkItem,
+        shard: str,
+        status: str,
+        reason: str,
+        attempt: int = 0,
+        timings: dict[str, float] | None = None,
+    ) -> ManifestRow:
+        return ManifestRow(
+            key=item.key,
+            source_key=item.ref.key,
+            variant=item.variant.name,
+            shard=shard,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            seed=item.seed,
+            attempt=attempt,
+            run_id=self.run_id,
+            worker=self.name,
+            timings=timings or {},
+        )
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy (numpy scalars -> Python numbers, tuples -> lists, Paths -> str)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobSummary:
+    out: Path
+    run_id: str
+    shards_total: int
+    shards_skipped: int
+    shards_done: list[str]
+    counts: dict[str, int]
+    actors_died: int
+    reassigned: list[str]
+    seconds: float
+    card: dict[str, Any]
+
+
+def run(cfg: GenerateConfig, on_event: Callable[[str, Any], None] | None = None) -> JobSummary:
+    """Plan, skip what is done, run the actors, write the card. Returns a summary."""
+    t0 = time.perf_counter()
+    if not cfg.progress:
+        os.environ["TQDM_DISABLE"] = "1"
+    # 1. Plan (fails fast on a bad dataset or prompt file, before Ray starts).
+    variants = cfg.variants.build()
+    refs = list_references(cfg.dataset)
+    if not refs:
+        raise RuntimeError(f"{cfg.dataset.root}: no references found for split {cfg.dataset.split!r}")
+    items = plan_items(refs, variants, cfg.seed)
+    shards = [
+        (shard_name(i), chunk) for i, chunk in enumerate(split_into_shards(items, cfg.samples_per_shard))
+    ]
+    out = cfg.out.resolve()
+    check_plan(
+        out,
+        {
+            "job": "generate",
+            "items": digest([i.key for i in items]),
+            "samples_per_shard": cfg.samples_per_shard,
+            "seed": cfg.seed,
+            "synth": digest(
+                [cfg.synthesizer, to_dict(cfg.synth), cfg.condition, [to_dict(v) for v in variants]]
+            ),
+            "image_format": cfg.shards.image_format,
+        },
+    )
+    manifest = Manifest(out / "manifest")
+    for folder in (out / "shards", manifest.folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        from factory.shards import remove_stale_temporaries
+
+        remove_stale_temporaries(folder)
+    done = manifest.done_shards()
+    todo = [(n, chunk) for n, chunk in shards if n not in done or not (out / "shards" / f"{n}.tar").exists()]
+    log.info(
+        "%d items in %d shards; %d shards already done", len(items), len(shards), len(shards) - len(todo)
+    )
+
+    # 2. Run the actors.
+    run_id = uuid.uuid4().hex[:12]
+    counts: Counter[str] = Counter()
+    previews: dict[str, np.ndarray] = {}
+    preview_refs = [r.key for r in refs[: cfg.contact_sheet_refs]]
+    stats = None
+    if todo:
+        init_ray(cfg.ray)
+        plan = plan_actors(cfg.ray, len(todo))
+        log.info("starting %d %s actor(s) with %s", plan.count, plan.kind, plan.options)
+        job_cfg = _with_out(cfg, out)
+
+        def on_result(name: str, result: ShardResult) -> int:
+            counts.update(result.counts)
+            previews.update(result.previews)
+            if on_event:
+                on_event("shard", result)
+            return sum(result.counts.values())
+
+        stats = run_actor_pool(
+            GenerateWorker,
+            lambda slot: (job_cfg, slot, run_id, preview_refs),
+            plan,
+            todo,
+            method="process_shard",
+            in_flight_per_actor=cfg.ray.in_flight_per_actor,
+            max_restarts=cfg.ray.max_actor_restarts,
+            on_result=on_result,
+            total_items=sum(len(c) for _, c in todo),
+            desc="generate",
+        )
+        accounting = {"kind": plan.kind, **plan.options}
+    else:
+        accounting = {"kind": "none"}
+
+    # 3. Dataset card and contact sheet (from the manifest: covers every run).
+    card = write_card(out, cfg, variants, manifest, accounting)
+    write_contact_sheet(out, refs[: cfg.contact_sheet_refs], variants, previews)
+    return JobSummary(
+        out=out,
+        run_id=run_id,
+        shards_total=len(shards),
+        shards_skipped=len(shards) - len(todo),
+        shards_done=[n for n, _ in todo],
+        counts=dict(counts),
+        actors_died=stats.actors_died if stats else 0,
+        reassigned=stats.reassigned if stats else [],
+        seconds=time.perf_counter() - t0,
+        card=card,
+    )
+
+
+def _with_out(cfg: GenerateConfig, out: Path) -> GenerateConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, out=out)
+
+
+def write_card(
+    out: Path,
+    cfg: GenerateConfig,
+    variants: Sequence[Variant],
+    manifest: Manifest,
+    accounting: dict[str, Any],
+) -> dict[str, Any]:
+    """Dataset card: counts per variant, rejections and reasons, compute per accepted sample."""
+    rows = manifest.rows()
+    final: dict[str, dict] = {}
+    for r in rows:  # the last attempt of a key is its final status
+        if r["key"] not in final or r["attempt"] >= final[r["key"]]["attempt"]:
+            final[r["key"]] = r
+    per_variant: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in final.values():
+        per_variant[r["variant"]][r["status"]] += 1
+    reasons = Counter(r["reason"] for r in rows if r["status"] != "ok")
+    accepted = sum(c["ok"] for c in per_variant.values())
+    synth_s = sum(r["timings"].get("synth_s", 0.0) for r in rows)
+    resource = accounting.get("num_gpus") or accounting.get("num_cpus") or 1.0
+    device = "GPU" if accounting.get("kind") == "gpu" else "CPU"
+    card = {
+        "out": str(out),
+        "samples": {"accepted": accepted, "final": len(final), "attempts": len(rows)},
+        "per_variant": {v.name: dict(per_variant.get(v.name, {})) for v in variants},
+        "not_accepted_reasons": dict(reasons.most_common()),
+        f"{device.lower()}_seconds_per_accepted_sample": (synth_s * resource / accepted)
+        if accepted
+        else None,
+        "variants": [
+            {"name": v.name, "prompt": v.prompt, "negative_prompt": v.negative_prompt} for v in variants
+        ],
+        "config": to_dict(cfg),
+    }
+    atomic_write_bytes(out / "card.json", json.dumps(card, indent=1, sort_keys=True, default=str).encode())
+    lines = [
+        "# Synthetic dataset card",
+        "",
+        f"Output: `{out}`  ",
+        f"Accepted samples: {accepted} of {len(final)} (attempts: {len(rows)})  ",
+        f"{device}-seconds per accepted sample: "
+        + (f"{card[f'{device.lower()}_seconds_per_accepted_sample']:.3f}" if accepted else "n/a"),
+        "",
+        "| variant | prompt | ok | rejected | failed |",
+        "|---|---|---|---|---|",
+    ]
+    for v in variants:
+        c = per_variant.get(v.name, Counter())
+        lines.append(f"| {v.name} | {v.prompt} | {c['ok']} | {c['rejected']} | {c['failed']} |")
+    lines += ["", "## Not accepted: reasons", ""]
+    lines += [f"- {n} x {reason}" for reason, n in reasons.most_common()] or ["- none"]
+    atomic_write_bytes(out / "card.md", ("\n".join(lines) + "\n").encode())
+    return card
+
+
+def write_contact_sheet(
+    out: Path, refs: Sequence[SampleRef], variants: Sequence[Variant], previews: dict[str, np.ndarray]
+) -> Path | None:
+    """reference | layout | variant 1 | ... per row, read back from the shards."""
+    import cv2
+
+    from factory.shards import read_shard_samples
+
+    if not refs:
+        return None
+    wanted = {r.key for r in refs}
+    found: dict[str, np.ndarray] = {}
+    shard_paths = sorted((out / "shards").glob("shard-*.tar"))
+    for s in read_shard_samples(shard_paths):
+        src = s["__key__"].rpartition("__")[0]
+        if src in wanted:
+            ext = next(e for e in ("png", "jpg", "webp") if e in s)
+            found[s["__key__"]] = cv2.imdecode(np.frombuffer(s[ext], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    rows = []
+    for ref in refs:
+        ref_img = cv2.imread(str(ref.paths["image"]), cv2.IMREAD_COLOR)
+        h, w = (ref_img.shape[:2]) if ref_img is not None else (64, 128)
+        panels = [ref_img[:, :, ::-1] if ref_img is not None else np.zeros((h, w, 3), np.uint8)]
+        layout = previews.get(ref.key)
+        panels.append(layout if layout is not None else np.full((h, w, 3), 128, np.uint8))
+        for v in variants:
+            img = found.get(f"{ref.key}__{v.name}")
+            panels.append(img if img is not None else np.zeros((h, w, 3), np.uint8))
+        panels = [cv2.resize(np.ascontiguousarray(p), (w, h), interpolation=cv2.INTER_AREA) for p in panels]
+        rows.append(np.concatenate(panels, axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(sheet[:, :, ::-1]))
+    path = out / "contact_sheet.png"
+    atomic_write_bytes(path, buf.tobytes())
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="configs/generate/<name>.yaml")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(GenerateConfig, args.config, args.overrides)
+    summary = run(cfg)
+    print(
+        json.dumps(
+            {
+                "out": str(summary.out),
+                "shards_total": summary.shards_total,
+                "shards_skipped": summary.shards_skipped,
+                "counts": summary.counts,
+                "actors_died": summary.actors_died,
+                "accepted_total": summary.card["samples"]["accepted"],
+                "seconds": round(summary.seconds, 2),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

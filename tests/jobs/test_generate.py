@@ -1,0 +1,202 @@
+"""The generation job on the procedural city: shards, labels, resume and faults.
+
+These tests are about the infrastructure (Ray actors, shards, manifest, resume), so most use a
+trivial deterministic synthesizer (tests/jobs/doubles.py); test_real_synthesizer runs the real
+factory.synth Synthesizer with tiny models through the same job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from factory.config import ConfigError, load_config
+from factory.data.sample import check_key
+from factory.jobs.generate import GenerateConfig, run
+from factory.shards import Manifest, read_shard_samples
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPTS = REPO / "configs" / "prompts" / "weather.yaml"
+DOUBLE = "tests.jobs.doubles:build"
+
+
+def overrides(city: Path, out: Path, *extra: str, limit: int = 3) -> list[str]:
+    return [
+        f"out={out}",
+        f"dataset.root={city / 'cityscapes'}",
+        "dataset.split=train",
+        f"dataset.limit={limit}",
+        f"variants.prompts={PROMPTS}",
+        "variants.sets=[fog, night]",
+        f"synthesizer={DOUBLE}",
+        "samples_per_shard=2",
+        "batch_size=2",
+        "progress=false",
+        "ray.num_actors=2",
+        *extra,
+    ]
+
+
+def make_cfg(city: Path, out: Path, *extra: str, limit: int = 3) -> GenerateConfig:
+    return load_config(GenerateConfig, None, overrides(city, out, *extra, limit=limit))
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def baseline(city_root, ray_local, tmp_path_factory):
+    """One uninterrupted run: the reference every fault test compares against."""
+    out = tmp_path_factory.mktemp("baseline")
+    summary = run(make_cfg(city_root, out))
+    return out, summary
+
+
+def test_job_writes_readable_shards_with_reference_labels(baseline, city_root):
+    out, summary = baseline
+    assert summary.shards_total == 3 and summary.shards_skipped == 0
+    assert summary.counts == {"ok": 6}
+    samples = list(read_shard_samples(sorted((out / "shards").glob("*.tar"))))  # stock WebDataset
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    for s in samples:
+        check_key(s["__key__"])
+        meta = json.loads(s["json"])
+        assert s["__key__"] == f"{meta['source_key']}__{meta['variant']}"
+        img_path = next((city_root / "cityscapes" / "leftImg8bit" / "train").rglob(f"{meta['source_key']}_*"))
+        stem = img_path.name.removesuffix("_leftImg8bit.png")
+        gt = img_path.parent.parent.parent.parent / "gtFine" / "train" / img_path.parent.name
+        assert s["labelids.png"] == (gt / f"{stem}_gtFine_labelIds.png").read_bytes()
+        assert s["instanceids.png"] == (gt / f"{stem}_gtFine_instanceIds.png").read_bytes()
+        assert "disparity.png" in s and "png" in s
+        assert meta["image_size"] == meta["label_size"] == [64, 128]
+    rows = Manifest(out / "manifest").rows()
+    assert Counter(r["status"] for r in rows) == {"ok": 6}
+    assert all(r["checksums"]["labelids.png"] for r in rows)
+    card = json.loads((out / "card.json").read_text())
+    assert card["per_variant"] == {"fog": {"ok": 3}, "night": {"ok": 3}}
+    assert card["samples"]["accepted"] == 6
+    assert (out / "card.md").read_text().startswith("# Synthetic dataset card")
+    assert (out / "contact_sheet.png").stat().st_size > 0
+
+
+def test_rerun_skips_finished_shards(baseline, city_root):
+    out, _ = baseline
+    before = shard_bytes(out)
+    summary = run(make_cfg(city_root, out))
+    assert summary.shards_skipped == 3 and summary.shards_done == []
+    assert shard_bytes(out) == before
+
+
+def test_killed_actor_is_replaced_and_work_reassigned(baseline, city_root, tmp_path):
+    out = tmp_path / "out"
+    summary = run(make_cfg(city_root, out, "faults.kill_after_items=2"))
+    assert (out / ".fault-killed").exists()
+    assert summary.actors_died == 1 and summary.reassigned
+    accepted = Counter(r["key"] for r in Manifest(out / "manifest").rows() if r["status"] == "ok")
+    assert len(accepted) == 6 and set(accepted.values()) == {1}
+    assert shard_bytes(out) == shard_bytes(baseline[0])
+
+
+def test_out_of_memory_halves_batch_with_identical_outputs(city_root, ray_local, tmp_path):
+    one = run(make_cfg(city_root, tmp_path / "b1", "batch_size=1", "samples_per_shard=6", "ray.num_actors=1"))
+    oom = run(
+        make_cfg(
+            city_root,
+            tmp_path / "b4",
+            "batch_size=4",
+            "samples_per_shard=6",
+            "ray.num_actors=1",
+            "faults.oom_above_batch=2",
+        )
+    )
+    assert one.counts == oom.counts == {"ok": 6}
+    assert shard_bytes(tmp_path / "b1") == shard_bytes(tmp_path / "b4")
+
+
+def test_bad_samples_are_recorded_and_the_rest_completes(city_root, ray_local, tmp_path):
+    city = tmp_path / "city"
+    shutil.copytree(city_root / "cityscapes", city / "cityscapes")
+    images = sorted((city / "cityscapes" / "leftImg8bit" / "train").rglob("*_leftImg8bit.png"))[:3]
+    keys = [p.name.removesuffix("_leftImg8bit.png") for p in images]
+    images[0].write_bytes(b"this is not a png")
+    gt = city / "cityscapes" / "gtFine" / "train" / images[1].parent.name
+    (gt / f"{keys[1]}_gtFine_labelIds.png").unlink()
+    out = tmp_path / "out"
+    summary = run(make_cfg(city, out, f"faults.nan_keys=[{keys[2]}__fog]"))
+    final = {}
+    for r in Manifest(out / "manifest").rows():
+        final[r["key"]] = r  # attempts are in order within a shard
+    assert final[f"{keys[0]}__fog"]["status"] == "failed"
+    assert final[f"{keys[1]}__night"]["status"] == "failed"
+    assert "labelIds" in final[f"{keys[1]}__night"]["reason"]
+    assert final[f"{keys[2]}__fog"]["status"] == "rejected"
+    assert "nonfinite" in final[f"{keys[2]}__fog"]["reason"]
+    assert final[f"{keys[2]}__night"]["status"] == "ok"
+    assert summary.counts == {"failed": 4, "rejected": 1, "ok": 1}
+    assert [s["__key__"] for s in read_shard_samples(sorted((out / "shards").glob("*.tar")))] == [
+        f"{keys[2]}__night"
+    ]
+    card = json.loads((out / "card.json").read_text())
+    assert any("nonfinite" in r for r in card["not_accepted_reasons"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        (["synth.stepz=3"], "stepz"),
+        (["batch_size=two"], "batch_size"),
+        (["samples_per_shard=0"], "samples_per_shard"),
+        (["synth.guidance_scale=-1"], "guidance_scale"),
+        (["shards.image_format=gif"], "image_format"),
+        (["ray.in_flight_per_actor=0"], "in_flight_per_actor"),
+    ],
+)
+def test_config_errors_name_the_field_before_any_work(city_root, tmp_path, extra, field):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=field):
+        make_cfg(city_root, out, *extra)
+    assert not out.exists()
+
+
+def test_resume_refuses_a_different_plan(baseline, city_root):
+    with pytest.raises(RuntimeError, match="planned with different settings"):
+        run(make_cfg(city_root, baseline[0], "seed=1"))
+
+
+@pytest.mark.slow
+def test_killed_driver_rerun_redoes_only_unfinished_shards(baseline, city_root, tmp_path):
+    out = tmp_path / "out"
+    cfg_path = tmp_path / "job.yaml"
+    cfg_path.write_text("{}\n")
+    args = overrides(city_root, out, "faults.delay_s=1.5", "ray.num_actors=1", "ray.local_cpus=1")
+    cmd = [sys.executable, "-m", "factory.jobs.generate", "--config", str(cfg_path), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = Manifest(out / "manifest")
+    deadline = time.time() + 120
+    while time.time() < deadline and not manifest.done_shards() and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = manifest.done_shards()
+    assert 1 <= len(finished) < 3, "the driver should be killed mid-job"
+    first_run = {r["key"]: r["run_id"] for r in manifest.rows()}
+
+    summary = run(make_cfg(city_root, out))
+    assert set(summary.shards_done) == {"shard-000000", "shard-000001", "shard-000002"} - finished
+    rows = manifest.rows()
+    assert all(r["run_id"] == first_run[r["key"]] for r in rows if r["shard"] in finished)
+    accepted = Counter(r["key"] for r in rows if r["status"] == "ok")
+    assert len(accepted) == 6 and set(accepted.values()) == {1}
+    assert shard_bytes(out) == shard_bytes(baseline[0])
