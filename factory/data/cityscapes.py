@@ -180,6 +180,22 @@ def load_sample(ref: SampleRef, *, labels: bool = True) -> Sample:
     return sample
 
 
+def load_samples(
+    refs: Sequence[SampleRef], *, labels: bool = True, on_error: OnError = "raise"
+) -> tuple[list[Sample], list[BadSample]]:
+    """``load_sample`` over many refs; with on_error="skip" bad ones are reported, not raised."""
+    samples: list[Sample] = []
+    bad: list[BadSample] = []
+    for ref in refs:
+        try:
+            samples.append(load_sample(ref, labels=labels))
+        except DataError as e:
+            if on_error == "raise":
+                raise
+            bad.append(BadSample(e.path, str(e)))
+    return samples, bad
+
+
 def disparity_to_depth(disparity_raw: np.ndarray, camera: dict[str, Any]) -> np.ndarray:
     """Cityscapes 16-bit disparity -> depth in metres (float32); invalid pixels (p <= 1) -> 0.
 
@@ -195,4 +211,4 @@ def disparity_to_depth(disparity_raw: np.ndarray, camera: dict[str, Any]) -> np.
     return depth.astype(np.float32)
 
 
-__all__ = ["OnError", "disparity_to_depth", "list_cityscapes", "load_sample"]
+__all__ = ["OnError", "disparity_to_depth", "list_cityscapes", "load_sample", "load_samples"]

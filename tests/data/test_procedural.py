@@ -1,0 +1,131 @@
+"""The procedural city: determinism, label consistency, geometry and weather domain shift."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from factory.data.procedural import (
+    CAM_HEIGHT,
+    CONDITIONS,
+    SKY_DEPTH,
+    apply_weather,
+    generate_city,
+    render_scene,
+    weather_image,
+)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_gives_identical_bytes(tmp_path):
+    a = generate_city(
+        tmp_path / "a", n_train=2, n_val=1, n_acdc=1, height=32, width=64, seed=3, progress=False
+    )
+    b = generate_city(
+        tmp_path / "b", n_train=2, n_val=1, n_acdc=1, height=32, width=64, seed=3, progress=False
+    )
+    generate_city(
+        tmp_path / "c", n_train=2, n_val=1, n_acdc=1, height=32, width=64, seed=4, progress=False
+    )
+    da, db, dc = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    assert a["counts"] == b["counts"] and len(da) > 20
+    assert da == db
+    assert set(da) == set(dc) and da != dc
+
+
+def test_scene_arrays_are_consistent():
+    for seed in range(5):
+        s = render_scene(np.random.default_rng(seed), 64, 128)
+        assert s.image.shape == (64, 128, 3) and s.image.dtype == np.uint8
+        assert s.labelids.dtype == np.uint8 and s.instanceids.dtype == np.int32
+        assert s.depth.dtype == np.float32 and s.disparity.dtype == np.uint16
+        cls = np.where(s.instanceids >= 1000, s.instanceids // 1000, s.instanceids)
+        np.testing.assert_array_equal(cls, s.labelids)
+        assert (s.labelids == 7).any()  # road in every scene
+        sky = s.labelids == 23
+        assert (s.depth[sky] == SKY_DEPTH).all() and (s.disparity[sky] == 0).all()
+        assert (s.disparity[~sky & (s.labelids != 1)] > 0).mean() > 0.9
+        # Road pixels lie on the ground plane: Z = fy * h / (v - v0).
+        k = s.camera["intrinsic"]
+        v = np.nonzero(s.labelids == 7)[0].astype(np.float64)
+        z_plane = k["fy"] * CAM_HEIGHT / (v - k["v0"])
+        road = s.depth[s.labelids == 7]  # the far edge row is clipped to the road's far end
+        np.testing.assert_allclose(road, z_plane.clip(1.0, road.max()), rtol=1e-4)
+
+
+def test_scenes_vary_and_contain_all_object_kinds():
+    seen: set[int] = set()
+    n_cars = []
+    for seed in range(30):
+        s = render_scene(np.random.default_rng(seed), 64, 128)
+        seen |= set(np.unique(s.labelids).tolist())
+        n_cars.append(len(s.boxes3d["objects"]))
+    assert {7, 8, 11, 17, 20, 21, 23, 24, 26}.issubset(seen)
+    assert max(n_cars) >= 3 and len(set(n_cars)) >= 3
+
+
+def test_any_resolution():
+    s = render_scene(np.random.default_rng(0), 128, 256)
+    assert s.image.shape == (128, 256, 3)
+    assert s.camera["intrinsic"]["fx"] == pytest.approx(2262.52 * 256 / 2048)
+    with pytest.raises(ValueError, match="height and width"):
+        render_scene(np.random.default_rng(0), 4, 4)
+
+
+def test_weather_domain_shift():
+    """Each condition moves the image statistics the way it physically should."""
+    stats: dict[str, list[tuple[float, float, float, float]]] = {c: [] for c in ("clear", *CONDITIONS)}
+    for seed in range(6):
+        s = render_scene(np.random.default_rng(seed), 64, 128)
+        far = (s.depth > 60) & (s.depth < SKY_DEPTH)
+        for c in stats:
+            img = weather_image(s, c, np.random.default_rng(seed)).astype(np.float64)
+            lum = img.mean(axis=2)
+            stats[c].append(
+                (lum.mean(), lum.std(), lum[s.ground].mean(), lum[far].std() if far.sum() > 20 else np.nan)
+            )
+    m = {c: np.nanmean(np.array(v), axis=0) for c, v in stats.items()}
+    assert m["night"][0] < 0.35 * m["clear"][0]  # night is dark
+    assert m["fog"][1] < 0.8 * m["clear"][1]  # fog washes out contrast
+    assert m["fog"][3] < 0.5 * m["clear"][3]  # ... most of all far away
+    assert m["snow"][2] > m["clear"][2] + 40  # snow whitens the ground
+    assert m["rain"][2] < m["clear"][2]  # wet road is darker
+    for c in CONDITIONS:
+        assert np.abs(m[c] - m["clear"])[:3].max() > 10, c
+
+
+def test_apply_weather_without_scene_extras_and_bad_condition():
+    s = render_scene(np.random.default_rng(1), 64, 128)
+    rng = np.random.default_rng(0)
+    out = apply_weather(s.image, s.depth, "snow", rng)  # ground estimated from depth
+    assert out.shape == s.image.shape and out.dtype == np.uint8
+    assert out[s.ground].mean() > s.image[s.ground].mean() + 30
+    assert (apply_weather(s.image, s.depth, "clear", rng) == s.image).all()
+    with pytest.raises(ValueError, match="unknown condition 'hail'"):
+        apply_weather(s.image, s.depth, "hail", rng)
+
+
+def test_cli_help_and_run(tmp_path):
+    cmd = [sys.executable, "-m", "factory.data.procedural"]
+    out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--n-acdc" in out and "--seed" in out
+    res = subprocess.run(
+        [*cmd, "--out", str(tmp_path), "--n-train", "2", "--n-val", "1", "--n-acdc", "1", "--height", "32", "--width", "64"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    info = json.loads(res.stdout)
+    assert info["counts"]["cityscapes/train"] == 2
+    assert len(list((tmp_path / "cityscapes" / "leftImg8bit" / "train").rglob("*_leftImg8bit.png"))) == 2
