@@ -37,9 +37,7 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     b = generate_city(
         tmp_path / "b", n_train=2, n_val=1, n_acdc=1, height=32, width=64, seed=3, progress=False
     )
-    generate_city(
-        tmp_path / "c", n_train=2, n_val=1, n_acdc=1, height=32, width=64, seed=4, progress=False
-    )
+    generate_city(tmp_path / "c", n_train=2, n_val=1, n_acdc=1, height=32, width=64, seed=4, progress=False)
     da, db, dc = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
     assert a["counts"] == b["counts"] and len(da) > 20
     assert da == db
