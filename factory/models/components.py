@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,51 +315,48 @@ def sd15_vae_config() -> dict[str, Any]:
     }
 
 
+def _check_builtin(ref: str, what: str) -> None:
+    if ref not in BUILTIN_REFS:
+        raise ModelError(f"{what}: {ref!r} is not a built-in reference; use one of {list(BUILTIN_REFS)}")
+
+
+@contextmanager
+def _seeded(seed: int, part: str) -> Iterator[None]:
+    """A forked global RNG seeded from (seed, part): each part's weights are independent of the others."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1000 + _PIPELINE_PARTS.index(part))
+        yield
+
+
 def build_unet(ref: str, seed: int = BUILTIN_SEED) -> UNet2DConditionModel:
-    """Only the U-Net of a built-in reference (``tiny`` or ``sd15-arch``): cheap shape tests."""
-    configs = {TINY: tiny_unet_config, SD15_ARCH: sd15_unet_config}
-    if ref not in configs:
-        raise ModelError(f"build_unet: {ref!r} is not a built-in reference; use one of {list(configs)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UNet2DConditionModel(**configs[ref]()).eval()
+    """Only the U-Net of a built-in reference (identical to ``load_components(ref).unet``)."""
+    _check_builtin(ref, "build_unet")
+    config = tiny_unet_config() if ref == TINY else sd15_unet_config()
+    with _seeded(seed, "unet"):
+        return UNet2DConditionModel(**config).eval()
 
 
-def _build_builtin(ref: str, seed: int = BUILTIN_SEED) -> tuple:
-    """(vae, unet, text_encoder, tokenizer) for a built-in reference, from a fixed seed."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if ref == TINY:
-            tokenizer = build_tokenizer(32)
-            text_encoder = CLIPTextModel(
-                _text_config(
-                    tokenizer,
-                    vocab_size=len(tokenizer),
-                    hidden_size=32,
-                    intermediate_size=64,
-                    num_hidden_layers=2,
-                    num_attention_heads=4,
-                    projection_dim=32,
-                )
-            )
-            vae = AutoencoderKL(**tiny_vae_config())
-            unet = UNet2DConditionModel(**tiny_unet_config())
-        else:
-            tokenizer = build_tokenizer(77)
-            text_encoder = CLIPTextModel(
-                _text_config(
-                    tokenizer,
-                    vocab_size=49408,
-                    hidden_size=768,
-                    intermediate_size=3072,
-                    num_hidden_layers=12,
-                    num_attention_heads=12,
-                    projection_dim=768,
-                )
-            )
-            vae = AutoencoderKL(**sd15_vae_config())
-            unet = UNet2DConditionModel(**sd15_unet_config())
-    return vae, unet, text_encoder, tokenizer
+def build_vae(ref: str, seed: int = BUILTIN_SEED) -> AutoencoderKL:
+    """Only the VAE of a built-in reference (identical to ``load_components(ref).vae``)."""
+    _check_builtin(ref, "build_vae")
+    config = tiny_vae_config() if ref == TINY else sd15_vae_config()
+    with _seeded(seed, "vae"):
+        return AutoencoderKL(**config).eval()
+
+
+def build_text_encoder(ref: str, seed: int = BUILTIN_SEED) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """Text encoder and tokenizer of a built-in reference (as in ``load_components(ref)``)."""
+    _check_builtin(ref, "build_text_encoder")
+    if ref == TINY:
+        tokenizer = build_tokenizer(32)
+        sizes = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64}
+        sizes |= {"num_hidden_layers": 2, "num_attention_heads": 4, "projection_dim": 32}
+    else:  # CLIP ViT-L/14 text tower, as in SD 1.5
+        tokenizer = build_tokenizer(77)
+        sizes = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072}
+        sizes |= {"num_hidden_layers": 12, "num_attention_heads": 12, "projection_dim": 768}
+    with _seeded(seed, "text_encoder"):
+        return CLIPTextModel(_text_config(tokenizer, **sizes)).eval(), tokenizer
 
 
 # --------------------------------------------------------------------------- pretrained checkpoints
@@ -425,7 +424,8 @@ def load_components(
     if not isinstance(ref, str) or not ref:
         raise ModelError(f"model reference must be a non-empty string, got {ref!r}")
     if ref in BUILTIN_REFS:
-        vae, unet, text_encoder, tokenizer = _build_builtin(ref)
+        text_encoder, tokenizer = build_text_encoder(ref)
+        vae, unet = build_vae(ref), build_unet(ref)
         scheduler = DDPMScheduler(**SD_SCHEDULE)
     else:
         vae, unet, text_encoder, tokenizer, scheduler = _load_pretrained(ref)

@@ -123,3 +123,13 @@ def test_device_and_dtype_defaults():
         with pytest.raises(ModelError, match="CUDA is not available"):
             resolve_device("cuda")
         assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_part_builders_match_load_components(tiny):
+    from factory.models import build_text_encoder, build_unet, build_vae
+
+    assert content_hash(build_unet("tiny")) == content_hash(tiny.unet)
+    assert content_hash(build_vae("tiny")) == content_hash(tiny.vae)
+    assert content_hash(build_text_encoder("tiny")[0]) == content_hash(tiny.text_encoder)
+    with pytest.raises(ModelError, match="not a built-in reference"):
+        build_unet("runwayml/stable-diffusion-v1-5")
