@@ -1,0 +1,158 @@
+"""Per-sample quality checks, recorded in each synthetic sample's metadata.
+
+A synthetic image ships with the *reference's* labels, so a sample is only worth keeping if
+(1) it is an image at all - no NaN/inf (checked on the float decode, before the uint8 cast
+turns NaN into black) and not black or near-constant - and (2), when a segmenter is
+configured, its content still agrees with those labels: the segmenter's prediction on the
+synthetic image is scored against the reused labels (mIoU over the classes present).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from factory.config import check
+from factory.quality.segmenter import IGNORE, miou
+
+
+class SegmenterLike(Protocol):
+    """Anything with ``predict(uint8 HxWx3) -> trainIds HxW`` (factory.quality.segmenter.Segmenter)."""
+
+    def predict(self, images: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class QualityConfig:
+    """Thresholds for accepting a synthetic sample, and how often to retry a rejected one.
+
+    min_std: pixel standard deviation (uint8 levels, over all pixels and channels) below which
+      an image counts as black / near-constant.
+    min_label_miou: reject when the segmenter's mIoU against the reused labels is below this;
+      None records the score without gating on it. Needs a segmenter.
+    max_attempts: attempts per sample (first try + retries with new seeds); >= 1.
+    """
+
+    min_std: float = 4.0
+    dark_mean: float = 8.0
+    min_label_miou: float | None = None
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        check(self.min_std >= 0, "min_std", f"must be >= 0, got {self.min_std}")
+        check(0 <= self.dark_mean <= 255, "dark_mean", f"must be in [0, 255], got {self.dark_mean}")
+        if self.min_label_miou is not None:
+            check(
+                0.0 <= self.min_label_miou <= 1.0,
+                "min_label_miou",
+                f"must be in [0, 1] or null, got {self.min_label_miou}",
+            )
+        check(self.max_attempts >= 1, "max_attempts", f"must be >= 1, got {self.max_attempts}")
+
+
+@dataclass
+class QualityResult:
+    """``ok`` or not, a short machine-readable ``reason`` (``nonfinite``, ``black``, ``constant``,
+    ``label_consistency``, ...) with details after a colon, and the scores (JSON-safe)."""
+
+    ok: bool
+    reason: str | None = None
+    scores: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float images are taken as [0, 1] RGB (already checked finite)."""
+    if image.dtype == np.uint8:
+        return image
+    return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def label_consistency(
+    image: np.ndarray, labels: np.ndarray, segmenter: SegmenterLike, *, labelids: bool = False
+) -> float:
+    """mIoU of ``segmenter``'s prediction on ``image`` against the reused ``labels``.
+
+    ``labels`` are trainIds (255 = ignore), or Cityscapes labelIds with ``labelids=True``. A
+    synthetic image may be smaller than its labels: the prediction is resized (nearest) to the
+    labels, never the labels to the image. NaN when neither has a valid pixel.
+    """
+    gt = labels
+    if labelids:
+        from factory.data.labels import id_to_trainid
+
+        gt = id_to_trainid(labels)
+    pred = np.asarray(segmenter.predict(image)).astype(np.uint8)
+    if pred.shape != gt.shape:
+        pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return miou(pred, gt.astype(np.uint8))
+
+
+def check_sample(
+    image: np.ndarray | None,
+    labels: np.ndarray | None = None,
+    segmenter: SegmenterLike | None = None,
+    cfg: QualityConfig | None = None,
+    *,
+    labelids: bool = False,
+) -> QualityResult:
+    """Check one synthetic image (uint8 HxWx3, or float HxWx3 in [0, 1] before conversion).
+
+    Checks run cheapest first and stop at the first failure: missing image, NaN/inf (float
+    input), black / near-constant, then label consistency when ``labels`` and ``segmenter`` are
+    given. ``labels``: trainIds (or labelIds with ``labelids=True``).
+    """
+    cfg = cfg or QualityConfig()
+    scores: dict[str, Any] = {}
+    if image is None:
+        return QualityResult(False, "missing: no image was produced", scores)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        return QualityResult(False, f"shape: expected HxWx3, got {image.shape}", scores)
+    if image.dtype != np.uint8:
+        bad = int((~np.isfinite(image)).sum())
+        scores["nonfinite"] = bad
+        if bad:
+            return QualityResult(False, f"nonfinite: {bad} of {image.size} values are NaN/inf", scores)
+    pixels = _to_uint8(image).astype(np.float32)
+    std, mean = float(pixels.std()), float(pixels.mean())
+    scores.update(std=round(std, 4), mean=round(mean, 4))
+    if std < cfg.min_std:
+        kind = "black" if mean < cfg.dark_mean else "constant"
+        return QualityResult(False, f"{kind}: pixel std {std:.2f} < min_std {cfg.min_std}", scores)
+    if labels is not None and segmenter is not None:
+        score = label_consistency(_to_uint8(image), labels, segmenter, labelids=labelids)
+        scores["label_miou"] = None if np.isnan(score) else round(score, 6)
+        if cfg.min_label_miou is not None and not (score >= cfg.min_label_miou):
+            return QualityResult(
+                False, f"label_consistency: mIoU {score:.3f} < min_label_miou {cfg.min_label_miou}", scores
+            )
+    elif cfg.min_label_miou is not None and labels is not None:
+        raise ValueError("quality.min_label_miou is set but no segmenter was given (fix: configure one)")
+    return QualityResult(True, None, scores)
+
+
+def check_output(
+    output: Any,
+    labels: np.ndarray | None = None,
+    segmenter: SegmenterLike | None = None,
+    cfg: QualityConfig | None = None,
+    *,
+    labelids: bool = False,
+) -> QualityResult:
+    """``check_sample`` for a ``SynthOutput``: its NaN count (taken on the float decode by the
+    Synthesizer) and error are folded in, so a NaN sample is rejected as ``nonfinite``."""
+    if output.nonfinite:
+        return QualityResult(
+            False, f"nonfinite: {output.nonfinite} decoded values are NaN/inf", {"nonfinite": output.nonfinite}
+        )
+    if output.error is not None:
+        return QualityResult(False, output.error, {})
+    result = check_sample(output.image, labels, segmenter, cfg, labelids=labelids)
+    result.scores.setdefault("nonfinite", 0)
+    return result
+
+
+__all__ = ["QualityConfig", "QualityResult", "SegmenterLike", "check_output", "check_sample", "label_consistency"]
