@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from factory.config import check
-from factory.quality.segmenter import IGNORE, miou
+from factory.quality.segmenter import miou
 
 
 class SegmenterLike(Protocol):
@@ -146,7 +146,9 @@ def check_output(
     Synthesizer) and error are folded in, so a NaN sample is rejected as ``nonfinite``."""
     if output.nonfinite:
         return QualityResult(
-            False, f"nonfinite: {output.nonfinite} decoded values are NaN/inf", {"nonfinite": output.nonfinite}
+            False,
+            f"nonfinite: {output.nonfinite} decoded values are NaN/inf",
+            {"nonfinite": output.nonfinite},
         )
     if output.error is not None:
         return QualityResult(False, output.error, {})
@@ -155,4 +157,11 @@ def check_output(
     return result
 
 
-__all__ = ["QualityConfig", "QualityResult", "SegmenterLike", "check_output", "check_sample", "label_consistency"]
+__all__ = [
+    "QualityConfig",
+    "QualityResult",
+    "SegmenterLike",
+    "check_output",
+    "check_sample",
+    "label_consistency",
+]

@@ -72,7 +72,9 @@ def test_retries_use_deterministic_new_seeds_and_log_every_attempt():
         assert r.status == "ok" and len(r.attempts) == 1 and r.attempts[0].seed == r.output.seed
 
     # Same inputs, same attempts: a resumed job or another actor reaches the same outcome.
-    again = synthesize_with_retries(SeedImages(black), work, cond, job_seed=7, cfg=QualityConfig(max_attempts=3))
+    again = synthesize_with_retries(
+        SeedImages(black), work, cond, job_seed=7, cfg=QualityConfig(max_attempts=3)
+    )
     assert [[(a.seed, a.status) for a in r.attempts] for r in again] == [
         [(a.seed, a.status) for a in r.attempts] for r in res
     ]
