@@ -1,0 +1,337 @@
+"""Feature backbones: an image batch in [-1, 1] -> a dense feature map (B, C, h, w).
+
+``SDUNetBackbone`` implements ../shared/NEURAL_LAYOUT.md exactly: the decoder hidden states
+*entering* decoder layers 2, 5 and 8 (by position; for SD 1.5 ``up_blocks[0].resnets[1]``,
+``up_blocks[1].attentions[1]``, ``up_blocks[2].attentions[1]``), taken before the skip
+concatenation, from one U-Net forward at t = 100 on the posterior-mean latent noised with one
+fixed seed-42 Gaussian tensor, with the empty prompt. The forward stops after the last hooked
+module. ``Dinov2Backbone`` gives DINOv2 patch features (the paper's Table 1 alternative).
+
+Adding a backbone is a new class with ``name``, ``channels``, ``signature()`` and ``__call__``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+from factory.models import SDComponents, content_hash, encode_prompts, resolve_device
+
+
+class LayoutError(ValueError):
+    """A layout cannot be computed or applied as asked. The message names the cause and the fix."""
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """Image batch (B, 3, H, W) in [-1, 1] -> dense features (B, C, h, w) float32.
+
+    ``signature()`` is everything that changes the features (model weights, layers, timestep,
+    noise, prompt): a PCA fitted on one signature is refused for another.
+    """
+
+    name: str
+    channels: int
+
+    def signature(self) -> dict[str, Any]: ...
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def run_fixed_batches(fn, images: torch.Tensor, micro_batch: int) -> torch.Tensor:
+    """``fn`` on chunks of exactly ``micro_batch`` images (the last padded by repeating its last image).
+
+    Kernels may pick different algorithms for different batch sizes, so an image's features could
+    differ in the last bits with the batch it came in. With one fixed batch shape they depend on
+    the image alone: layouts are identical whatever the batch composition or number of workers.
+    """
+    outs = []
+    for start in range(0, images.shape[0], micro_batch):
+        chunk = images[start : start + micro_batch]
+        n = chunk.shape[0]
+        if n < micro_batch:
+            chunk = torch.cat([chunk, chunk[-1:].expand(micro_batch - n, *chunk.shape[1:])])
+        outs.append(fn(chunk)[:n])
+    return torch.cat(outs)
+
+
+class _StopForward(Exception):
+    """Raised from the last feature hook: the rest of the U-Net is not needed."""
+
+
+def decoder_layer_modules(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Entry ``p`` = (path, module) whose forward output is the hidden state entering decoder layer p.
+
+    Decoder layers are counted like LDM's ``output_blocks``: every resnet (+ its attention) of
+    every up block, in execution order. The state entering layer 0 is the mid block's output;
+    the state entering layer p > 0 is the output of layer p - 1: its attention if it has one,
+    else its resnet - or the block's upsampler when layer p - 1 closes an upsampling block.
+    Hooking these outputs gives the state before the skip-connection concatenation.
+    """
+    entries: list[tuple[str, torch.nn.Module]] = [("mid_block", unet.mid_block)]
+    for b, block in enumerate(unet.up_blocks):
+        attentions = getattr(block, "attentions", None)
+        n = len(block.resnets)
+        for j in range(n):
+            if j == n - 1 and block.upsamplers is not None:
+                entries.append((f"up_blocks.{b}.upsamplers.0", block.upsamplers[0]))
+            elif attentions is not None:
+                entries.append((f"up_blocks.{b}.attentions.{j}", attentions[j]))
+            else:
+                entries.append((f"up_blocks.{b}.resnets.{j}", block.resnets[j]))
+    # the state entering the last layer exists, but nothing enters "layer n": drop the final output
+    return entries[:-1]
+
+
+def decoder_layer_channels(unet: torch.nn.Module) -> list[int]:
+    """Channels of the hidden state entering each decoder layer, from the U-Net config."""
+    boc = list(unet.config.block_out_channels)
+    rev = boc[::-1]
+    channels = [boc[-1]]
+    for b, block in enumerate(unet.up_blocks):
+        channels.extend([rev[b]] * len(block.resnets))
+    return channels[:-1]
+
+
+class SDUNetBackbone:
+    """Stable Diffusion U-Net decoder features (NEURAL_LAYOUT.md)."""
+
+    name = "sd-unet"
+
+    def __init__(
+        self,
+        components: SDComponents,
+        layers: tuple[int, ...] = (2, 5, 8),
+        *,
+        timestep: int = 100,
+        noise_seed: int = 42,
+        prompt: str = "",
+        early_stop: bool = True,
+        micro_batch: int = 1,
+    ):
+        unet = components.unet
+        if micro_batch < 1:
+            raise LayoutError(f"micro_batch must be >= 1, got {micro_batch}")
+        modules = decoder_layer_modules(unet)
+        layers = tuple(int(p) for p in layers)
+        if not layers or list(layers) != sorted(set(layers)):
+            raise LayoutError(f"layout layers {layers} must be a non-empty, strictly increasing tuple")
+        bad = [p for p in layers if not 0 <= p < len(modules)]
+        if bad:
+            raise LayoutError(
+                f"layout layer(s) {bad} do not exist: the U-Net of {components.ref!r} has "
+                f"{len(modules)} decoder layers (positions 0..{len(modules) - 1}); "
+                "fix: choose layers within that range (SD 1.5 and 'tiny': 2, 5, 8)"
+            )
+        n_steps = components.noise_scheduler.config.num_train_timesteps
+        if not 0 <= timestep < n_steps:
+            raise LayoutError(f"layout timestep {timestep} is outside the schedule's 0..{n_steps - 1}")
+        self.components = components
+        self.layers = layers
+        self.timestep = int(timestep)
+        self.noise_seed = int(noise_seed)
+        self.prompt = prompt
+        self.early_stop = early_stop
+        self.micro_batch = int(micro_batch)
+        self._modules = [modules[p] for p in layers]
+        all_channels = decoder_layer_channels(unet)
+        self.layer_channels = tuple(all_channels[p] for p in layers)
+        self.channels = sum(self.layer_channels)
+        self._noise: dict[tuple[int, ...], torch.Tensor] = {}
+        self._prompt_embedding: torch.Tensor | None = None
+        # the image side must survive every down/upsampling of the VAE and the U-Net
+        self.multiple = components.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.unet.device
+
+    @property
+    def module_paths(self) -> tuple[str, ...]:
+        return tuple(path for path, _ in self._modules)
+
+    def signature(self) -> dict[str, Any]:
+        return {
+            "backbone": self.name,
+            "model_ref": self.components.ref,
+            "content_hash": self.components.content_hash,
+            "layers": list(self.layers),
+            "modules": list(self.module_paths),
+            "channels": self.channels,
+            "timestep": self.timestep,
+            "noise_seed": self.noise_seed,
+            "prompt": self.prompt,
+        }
+
+    def noise(self, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """THE fixed noise for one latent of shape (C, h, w): generator seeded ``noise_seed``, on CPU.
+
+        The same tensor is added to every image (independent of batch size and device), and the
+        ControlNet trainer and synthesiser reuse it through this method.
+        """
+        key = tuple(int(s) for s in latent_shape)
+        if key not in self._noise:
+            gen = torch.Generator(device="cpu").manual_seed(self.noise_seed)
+            self._noise[key] = torch.randn(key, generator=gen, dtype=torch.float32)
+        return self._noise[key]
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise LayoutError(f"images must be (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % self.multiple or w % self.multiple:
+            raise LayoutError(
+                f"image size {h}x{w} is not a multiple of {self.multiple} (VAE stride x U-Net "
+                f"downsamplings of {self.components.ref!r}); fix: set the layout resolution to a size "
+                f"divisible by {self.multiple}, e.g. 512x1024 for SD"
+            )
+
+    @torch.inference_mode()
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Clean latent z0 = posterior mean (minus shift) x scaling factor."""
+        vae = self.components.vae
+        x = images.to(device=vae.device, dtype=vae.dtype)
+        z = vae.encode(x).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z - shift
+        return z * vae.config.scaling_factor
+
+    @torch.inference_mode()
+    def noisy_latents(self, z0: torch.Tensor) -> torch.Tensor:
+        """z_t at t = ``timestep`` with the shared fixed noise (DDPM training schedule)."""
+        eps = self.noise(tuple(z0.shape[1:])).to(device=z0.device, dtype=z0.dtype)
+        eps = eps.unsqueeze(0).expand_as(z0)
+        t = torch.full((z0.shape[0],), self.timestep, dtype=torch.long, device=z0.device)
+        return self.components.noise_scheduler.add_noise(z0, eps, t)
+
+    def _prompt(self, batch: int) -> torch.Tensor:
+        if self._prompt_embedding is None:
+            self._prompt_embedding = encode_prompts(self.components, [self.prompt])
+        return self._prompt_embedding.expand(batch, -1, -1)
+
+    @torch.inference_mode()
+    def layer_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The raw hooked hidden states, one per requested layer (model dtype, own grid)."""
+        self._check_images(images)
+        zt = self.noisy_latents(self.encode_latents(images))
+        return self.unet_features(zt)
+
+    @torch.inference_mode()
+    def unet_features(self, zt: torch.Tensor) -> list[torch.Tensor]:
+        """Run the U-Net on noisy latents ``zt`` and return the hooked states (early stop if set)."""
+        unet = self.components.unet
+        captured: dict[int, torch.Tensor] = {}
+        last = len(self._modules) - 1
+
+        def make_hook(i: int):
+            def hook(_module, _inputs, output):
+                captured[i] = output[0] if isinstance(output, tuple) else output
+                if self.early_stop and i == last:
+                    raise _StopForward
+
+            return hook
+
+        handles = [m.register_forward_hook(make_hook(i)) for i, (_, m) in enumerate(self._modules)]
+        try:
+            t = torch.full((zt.shape[0],), self.timestep, dtype=torch.long, device=zt.device)
+            unet(zt.to(unet.dtype), t, encoder_hidden_states=self._prompt(zt.shape[0]).to(unet.dtype))
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return [captured[i] for i in range(len(self._modules))]
+
+    @staticmethod
+    def combine(features: list[torch.Tensor]) -> torch.Tensor:
+        """Bilinear (align_corners=False) to the last layer's grid, concatenated in order, float32."""
+        size = features[-1].shape[-2:]
+        out = [
+            f.float()
+            if f.shape[-2:] == size
+            else F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False)
+            for f in features
+        ]
+        return torch.cat(out, dim=1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, sum(layer channels), h, w) float32 on the model's device."""
+        self._check_images(images)
+        return run_fixed_batches(lambda x: self.combine(self.layer_features(x)), images, self.micro_batch)
+
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Dinov2Backbone:
+    """DINOv2 patch-token features (B, hidden, H/patch, W/patch) through transformers' Dinov2Model.
+
+    ``model`` is a local folder written by ``save_pretrained`` or an in-memory ``Dinov2Model``
+    (tests build one from a tiny ``Dinov2Config``). Images are resized to the nearest multiple of
+    the patch size and normalised with ImageNet statistics, as DINOv2 was trained.
+    """
+
+    name = "dinov2"
+
+    def __init__(
+        self, model: Any, *, device: str | torch.device = "cpu", ref: str | None = None, micro_batch: int = 1
+    ):
+        from transformers import Dinov2Model
+
+        if micro_batch < 1:
+            raise LayoutError(f"micro_batch must be >= 1, got {micro_batch}")
+        self.micro_batch = int(micro_batch)
+        if isinstance(model, str | Path):
+            path = Path(model)
+            if not (path / "config.json").is_file():
+                raise LayoutError(
+                    f"{path}: no DINOv2 model here (config.json missing); fix: pass a folder written by "
+                    "Dinov2Model.save_pretrained (e.g. a downloaded facebook/dinov2-base)"
+                )
+            ref = ref or str(path)
+            model = Dinov2Model.from_pretrained(path)
+        self.model = model.to(resolve_device(device)).eval()
+        self.ref = ref or "in-memory"
+        self.patch = int(self.model.config.patch_size)
+        self.channels = int(self.model.config.hidden_size)
+        self.content_hash = content_hash(self.model)
+
+    def signature(self) -> dict[str, Any]:
+        return {
+            "backbone": self.name,
+            "model_ref": self.ref,
+            "content_hash": self.content_hash,
+            "channels": self.channels,
+            "patch_size": self.patch,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, hidden, H/patch, W/patch) float32."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise LayoutError(f"images must be (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
+        return run_fixed_batches(self._features, images, self.micro_batch)
+
+    @torch.inference_mode()
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        gh, gw = max(1, round(h / self.patch)), max(1, round(w / self.patch))
+        x = (images.float() + 1) / 2
+        if (gh * self.patch, gw * self.patch) != (h, w):
+            x = F.interpolate(
+                x, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False
+            )
+        mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        param = next(self.model.parameters())
+        x = ((x - mean) / std).to(device=param.device, dtype=param.dtype)
+        tokens = self.model(pixel_values=x).last_hidden_state[:, 1:, :]  # drop the CLS token
+        return tokens.float().transpose(1, 2).reshape(x.shape[0], self.channels, gh, gw)

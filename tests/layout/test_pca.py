@@ -1,0 +1,101 @@
+"""Streaming PCA: exactness against numpy SVD, byte-identical refits, sampling, artifact checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from factory.layout import (
+    LayoutError,
+    PCAArtifact,
+    StreamingPCA,
+    fit_pca,
+    sample_counts,
+    sample_positions,
+)
+
+
+def correlated(n: int, c: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(c, c)) * np.linspace(3, 0.1, c)[:, None]
+    return (rng.normal(size=(n, c)) @ mix + rng.normal(size=c) * 5).astype(np.float32)
+
+
+def test_pca_equals_numpy_svd_of_centred_sample():
+    x = correlated(3000, 24, 0)
+    pca = StreamingPCA(24)
+    for chunk in np.array_split(x, 7):  # streaming in uneven chunks
+        pca.add(torch.from_numpy(chunk))
+    art = pca.fit(8)
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(art.mean.numpy(), x64.mean(0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(art.eigenvalues.numpy(), s[:8] ** 2 / (len(x) - 1), rtol=1e-9)
+    for k in range(8):
+        v = vt[k] * np.sign(vt[k][np.abs(vt[k]).argmax()])  # the artifact's sign rule
+        np.testing.assert_allclose(art.components[k].numpy(), v, atol=1e-6)
+        assert art.components[k][art.components[k].abs().argmax()] > 0
+    assert art.meta["sample_count"] == 3000
+
+
+def test_apply_gives_unit_variance_uncorrelated_channels():
+    x = correlated(4000, 16, 1)
+    art = fit_pca({"a": torch.from_numpy(x[:2000]), "b": torch.from_numpy(x[2000:])}, 4)
+    feats = torch.from_numpy(x).T.reshape(1, 16, 40, 100)
+    layout = art.apply(feats)[0].reshape(4, -1).double()
+    cov = torch.cov(layout)
+    torch.testing.assert_close(cov, torch.eye(4, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_fitting_twice_gives_identical_bytes(tmp_path):
+    vectors = {f"k{i}": torch.from_numpy(correlated(50, 12, i)) for i in range(6)}
+    reordered = dict(reversed(list(vectors.items())))  # arrival order must not matter
+    a = fit_pca(vectors, 5, {"signature": {"backbone": "x"}}).save(tmp_path / "a")
+    b = fit_pca(reordered, 5, {"signature": {"backbone": "x"}}).save(tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_save_load_round_trip_and_sidecar(tmp_path):
+    art = fit_pca(
+        {"k": torch.from_numpy(correlated(100, 10, 2))}, 3, {"signature": {"backbone": "x", "layers": [2]}}
+    )
+    path = art.save(tmp_path / "pca")
+    assert path == tmp_path / "pca.safetensors"
+    side = json.loads((tmp_path / "pca.json").read_text())
+    assert side["n_components"] == 3 and side["channels"] == 10 and side["sample_count"] == 100
+    assert side["scaling"] == "unit_variance" and len(side["eigenvalues"]) == 3
+    again = PCAArtifact.load(tmp_path / "pca.safetensors")
+    assert torch.equal(again.components, art.components) and again.meta == art.meta
+
+
+def test_missing_or_foreign_pca_is_refused(tmp_path):
+    with pytest.raises(LayoutError, match="pca.safetensors: PCA file missing.*fix"):
+        PCAArtifact.load(tmp_path / "pca")
+    art = fit_pca(
+        {"k": torch.from_numpy(correlated(100, 10, 3))},
+        3,
+        {"signature": {"backbone": "sd-unet", "timestep": 100}},
+    )
+    with pytest.raises(LayoutError, match="timestep: fitted 100, now 200.*refit"):
+        art.check_compatible({"backbone": "sd-unet", "timestep": 200})
+    art.check_compatible({"backbone": "sd-unet", "timestep": 100, "model_ref": "moved/folder"} | {})
+    with pytest.raises(LayoutError, match=r"expects \(B, 10, h, w\)"):
+        art.apply(torch.zeros(1, 11, 2, 2))
+
+
+def test_sampling_is_reproducible_and_batch_independent():
+    keys = [f"img{i}" for i in range(7)]
+    counts = sample_counts(keys, 100, seed=0)
+    assert sum(counts.values()) == 100 and set(counts.values()) <= {14, 15}
+    assert sample_counts(list(reversed(keys)), 100, seed=0) == counts
+    pos = sample_positions("img3", 20, 16, 32, seed=0)
+    assert torch.equal(pos, sample_positions("img3", 20, 16, 32, seed=0))
+    assert len(set(pos.tolist())) == 20 and int(pos.max()) < 16 * 32
+    assert not torch.equal(pos, sample_positions("img4", 20, 16, 32, seed=0))
+    assert not torch.equal(pos, sample_positions("img3", 20, 16, 32, seed=1))
+    assert torch.equal(sample_positions("img3", 10_000, 4, 4, seed=0), torch.arange(16))
