@@ -1,0 +1,27 @@
+"""Conditioning images behind one interface: neural layout, Canny, GT semseg colours, depth, HED."""
+
+from factory.conditions.base import ConditionError, ConditionProvider
+from factory.conditions.hed import HEDNet, load_hed
+from factory.conditions.providers import (
+    CannyCondition,
+    ConditionConfig,
+    DepthCondition,
+    HedCondition,
+    LayoutCondition,
+    SemsegCondition,
+    build_condition,
+)
+
+__all__ = [
+    "CannyCondition",
+    "ConditionConfig",
+    "ConditionError",
+    "ConditionProvider",
+    "DepthCondition",
+    "HEDNet",
+    "HedCondition",
+    "LayoutCondition",
+    "SemsegCondition",
+    "build_condition",
+    "load_hed",
+]
