@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from factory.config import ConfigError, load_config
 from factory.data.labels import colorize, trainid_to_id
 from factory.quality import QualityConfig, check_output, check_sample, label_consistency
 from factory.quality.segmenter import Segmenter, SegmenterConfig, TinyUNet
 from factory.synth.synthesizer import SynthOutput
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Single-threaded: two OpenMP threads on the shared 2-core machine spin-wait (~80x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class ColourSegmenter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from factory.data.sample import SampleRef
@@ -16,6 +17,15 @@ from factory.synth.variants import Variant
 
 FOG = Variant("fog", "a photo of a city street, in fog")
 RAIN = Variant("rain", "a photo of a city street, in rain")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Single-threaded: two OpenMP threads on the shared 2-core machine spin-wait (~80x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def refs(n: int) -> list[SampleRef]:
@@ -98,7 +108,7 @@ def test_nan_model_is_retried_then_rejected_with_the_real_synthesizer():
     synth = Synthesizer(SynthConfig(steps=1, guidance_scale=1.0, batch_size=2), components, controlnet)
     work = [(r, FOG) for r in refs(2)]
     res = synthesize_with_retries(
-        synth, work, torch.zeros(2, 3, 16, 32), job_seed=0, cfg=QualityConfig(max_attempts=2)
+        synth, work, torch.zeros(2, 3, 32, 64), job_seed=0, cfg=QualityConfig(max_attempts=2)
     )
     for r, (ref, v) in zip(res, work):
         assert r.status == "rejected" and r.output.image is None
