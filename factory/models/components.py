@@ -281,6 +281,10 @@ def tiny_vae_config() -> dict[str, Any]:
         "latent_channels": 4,
         "norm_num_groups": 8,
         "sample_size": 64,
+        # SD's rule: scaling_factor = 1 / std of the latents, so z0 has unit scale against the noise.
+        # Measured for these seeded random weights on procedural scenes (std 0.40); a trained VAE
+        # must be recalibrated (the base-model trainer sets it from its own latents).
+        "scaling_factor": 2.5,
     }
 
 
