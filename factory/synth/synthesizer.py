@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 
+from factory.conditions import ConditionConfig
 from factory.config import check
 from factory.data.sample import SampleRef
 from factory.synth.variants import Variant, synthetic_key
@@ -52,6 +53,8 @@ class SynthConfig:
     base_model: a model reference (``tiny``, ``sd15-arch``, a diffusers folder, a hub id).
     controlnet: the folder of a trained ControlNet; None builds an untrained one from the U-Net
       (tests and throughput benchmarks only: its residuals start at zero).
+    condition: how conditions are computed from the reference (``factory.conditions``); None
+      when the caller passes condition tensors (e.g. stored layouts) to ``__call__``.
     condition_channels: channels of an untrained ControlNet (used only when controlnet is None
       and no condition provider is given; 20 = the neural layout).
     layout_components: keep the first N channels of the condition and zero the rest (the
@@ -70,6 +73,7 @@ class SynthConfig:
 
     base_model: str = "tiny"
     controlnet: str | None = None
+    condition: ConditionConfig | None = None
     condition_channels: int = 20
     steps: int = 20
     guidance_scale: float = 7.5
@@ -205,6 +209,10 @@ class Synthesizer:
         if self.components is None:
             self.components = load_components(self.cfg.base_model, device=device, dtype=dtype)
         c = self.components
+        if self.condition is None and self.cfg.condition is not None:
+            from factory.conditions import build_condition
+
+            self.condition = build_condition(self.cfg.condition, c)
         if self.controlnet is None:
             if self.cfg.controlnet is not None:
                 self.controlnet = load_controlnet(self.cfg.controlnet, device=c.device, dtype=c.dtype)
@@ -212,6 +220,12 @@ class Synthesizer:
                 channels = getattr(self.condition, "channels", None) or self.cfg.condition_channels
                 self.controlnet = new_controlnet(c, channels)
         self.controlnet.to(c.device, c.dtype).eval()
+        wanted = int(self.controlnet.config.conditioning_channels)
+        if self.condition is not None and self.condition.channels != wanted:
+            raise ValueError(
+                f"condition {self.condition.kind!r} has {self.condition.channels} channels but the ControlNet "
+                f"expects {wanted} (fix: use the condition the ControlNet was trained with)"
+            )
         self._unet = c.unet
         self._controlnet = self.controlnet
         if self.cfg.compile:
@@ -336,31 +350,66 @@ class Synthesizer:
 
         condition: float32 [len(items), C, H, W] at pixel resolution, row i for item i. When
         None, it is computed by the condition provider from ``samples`` (loaded from the refs
-        when not given). Items that cannot be prepared (e.g. a prompt edit that does not fit the
-        reference's caption) come back with ``error`` set; the rest still run.
+        when not given). Items that cannot be prepared - a reference that does not load, a
+        condition that cannot be computed, a prompt edit that does not fit the reference's
+        caption - come back with ``error`` set (``data: ...``, ``condition: ...``,
+        ``prompt: ...``); the rest still run. Outputs are in the order of ``items``.
         """
         self.setup()
         items = list(items)
         if not items:
             return []
+        failed: dict[int, SynthOutput] = {}
         if condition is None:
-            condition = self._conditions_for(items, samples)
-        if condition.shape[0] != len(items):
+            condition, failed = self._conditions_for(items, samples)
+        elif condition.shape[0] != len(items):
             raise ValueError(f"condition has {condition.shape[0]} rows for {len(items)} items")
+        ok = [i for i in range(len(items)) if i not in failed]
         bs = batch_size or self.cfg.batch_size
-        out: list[SynthOutput] = []
-        for start in range(0, len(items), bs):
-            out.extend(self._run_batch(items[start : start + bs], condition[start : start + bs]))
-        return out
+        made: dict[int, SynthOutput] = dict(failed)
+        for start in range(0, len(ok), bs):
+            idx = ok[start : start + bs]
+            rows = condition[start : start + bs]  # condition rows follow ``ok``
+            for i, o in zip(idx, self._run_batch([items[i] for i in idx], rows)):
+                made[i] = o
+        return [made[i] for i in range(len(items))]
 
-    def _conditions_for(self, items: list[WorkItem], samples: Sequence[Any] | None) -> torch.Tensor:
+    def _conditions_for(
+        self, items: list[WorkItem], samples: Sequence[Any] | None
+    ) -> tuple[torch.Tensor, dict[int, SynthOutput]]:
+        """Conditions for the items that load and condition cleanly (rows in item order, the
+        failed items skipped), and an error output for each item that does not."""
         if self.condition is None:
             raise ValueError("no condition given and no condition provider configured (fix: pass condition=)")
-        if samples is None:
-            from factory.data import load_sample
+        failed: dict[int, SynthOutput] = {}
+        loaded: dict[int, Any] = {}
+        if samples is not None:
+            if len(samples) != len(items):
+                raise ValueError(f"{len(samples)} samples for {len(items)} items")
+            loaded = dict(enumerate(samples))
+        else:
+            from factory.data.cityscapes import load_sample
 
-            samples = [load_sample(it.ref, labels=False) for it in items]
-        return self.condition(list(samples))
+            needs_labels = self.condition.kind == "semseg"  # the GT-label baseline reads labels
+            for i, it in enumerate(items):
+                try:
+                    loaded[i] = load_sample(it.ref, labels=needs_labels)
+                except (ValueError, OSError) as e:  # DataError is a ValueError
+                    failed[i] = self._failed(it, f"data: {e}", "", it.variant.negative_prompt)
+        order = sorted(loaded)
+        try:
+            rows = [self.condition([loaded[i] for i in order])] if order else []
+        except (ValueError, OSError, RuntimeError):  # isolate the sample(s) that break it
+            rows = []
+            for i in order:
+                try:
+                    rows.append(self.condition([loaded[i]]))
+                except (ValueError, OSError, RuntimeError) as e:
+                    failed[i] = self._failed(
+                        items[i], f"condition: {e}", "", items[i].variant.negative_prompt
+                    )
+        cond = torch.cat(rows) if rows else torch.zeros(0)
+        return cond, failed
 
     def micro_batch(self) -> int:
         """Samples per model call: ``cfg.micro_batch``, or 1 on a CPU and everything on a GPU."""

@@ -207,3 +207,53 @@ def test_config_errors_name_the_field(tmp_path, yaml_text, match):
     p.write_text(yaml_text + "\n")
     with pytest.raises(ConfigError, match=match):
         load_config(SynthConfig, p)
+
+
+def test_conditions_from_refs_through_factory_conditions(city_root, tmp_path):
+    """The job's path: refs in, samples loaded, conditions computed by a ConditionProvider.
+
+    A corrupt reference and a missing label file fail only their own item, with a reason.
+    """
+    from factory.conditions import ConditionConfig
+    from factory.data.cityscapes import list_cityscapes
+
+    refs = list_cityscapes(city_root / "cityscapes", "train").refs[:3]
+    cfg = SynthConfig(
+        condition=ConditionConfig(kind="semseg"),
+        steps=2,
+        guidance_scale=1.0,
+        batch_size=2,
+        height=32,
+        width=64,
+    )
+    synth = Synthesizer(cfg, load_components("tiny"))  # untrained 3-channel ControlNet built in setup
+    bad_image = tmp_path / "corrupt.png"
+    bad_image.write_bytes(b"\x89PNG not really")
+    no_labels = dict(refs[2].paths)
+    no_labels["labelids"] = tmp_path / "missing_labelIds.png"
+    work = [
+        WorkItem(refs[0], FOG, 1),
+        WorkItem(SampleRef(refs[1].key, {**refs[1].paths, "image": bad_image}, refs[1].meta), FOG, 2),
+        WorkItem(SampleRef(refs[2].key, no_labels, refs[2].meta), NIGHT, 3),
+        WorkItem(refs[2], NIGHT, 3),
+    ]
+    outs = synth(work)
+    assert [o.key for o in outs] == [w.key for w in work]
+    assert outs[0].ok and outs[0].image.shape == (32, 64, 3)
+    assert outs[1].error.startswith("data:") and "corrupt.png" in outs[1].error and outs[1].image is None
+    assert outs[2].error.startswith("data:") and outs[2].image is None
+    assert outs[3].ok
+    # Same result as passing the provider's condition tensor directly.
+    from factory.data.cityscapes import load_sample
+
+    direct = synth([work[0]], synth.condition([load_sample(refs[0])]))[0]
+    assert np.array_equal(direct.image, outs[0].image)
+
+
+def test_condition_channels_must_match_the_controlnet(models):
+    from factory.conditions import ConditionConfig
+
+    components, controlnet = models  # a 4-channel ControlNet
+    synth = Synthesizer(SynthConfig(condition=ConditionConfig(kind="canny")), components, controlnet)
+    with pytest.raises(ValueError, match="3 channels but the ControlNet expects 4"):
+        synth.setup()
