@@ -175,6 +175,21 @@ class SynthOutput:
     def ok(self) -> bool:
         return self.error is None
 
+    def meta(self) -> dict[str, Any]:
+        """JSON-safe fields for the sample's metadata (everything but the pixels)."""
+        return {
+            "key": self.key,
+            "source_key": self.source_key,
+            "variant": self.variant,
+            "seed": self.seed,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "size": list(self.size),
+            "nonfinite": self.nonfinite,
+            "error": self.error,
+            "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
+        }
+
 
 class Synthesizer:
     """Generates images for WorkItems with one set of models loaded once (``setup``).
