@@ -1,0 +1,247 @@
+"""Domain-generalisation benchmark (the paper's Table 4): train on Cityscapes (+ shards), test on ACDC.
+
+Each training *mix* - real only; real + LUMEN variant shards; real + other-condition shards
+when given - is trained with several seeds on the same schedule, then evaluated on Cityscapes
+val and on ACDC val per condition. Printed as ``CS Rain Fog Snow Night Avg`` (mean +- sample
+standard deviation over seeds; Avg = mean of the four ACDC conditions), written as JSON and
+as a bar plot.
+
+Guard: ACDC is the test domain. No ACDC image may reach training (checked by sample key and
+source key of every training sample) or the PCA fit of the layouts (``--pca-meta``, checked by
+the keys its sidecar lists).
+
+    python -m downstream.benchmarks.dg --lumen 'out/shards/*.tar' --seeds 0 1 2 --out outputs/dg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factory.data.sample import DataError
+
+COLUMNS = ("CS", "Rain", "Fog", "Snow", "Night", "Avg")
+ACDC_COLUMNS = {"rain": "Rain", "fog": "Fog", "snow": "Snow", "night": "Night"}
+PCA_KEY_FIELDS = ("fit_keys", "keys", "sample_keys", "train_keys")
+
+
+def acdc_keys(acdc_root: str | Path) -> set[str]:
+    """Every ACDC image key under ``acdc_root`` (all conditions, splits, and ``_ref`` images)."""
+    root = Path(acdc_root) / "rgb_anon"
+    keys = {p.name[: -len("_rgb_anon.png")] for p in root.glob("*/*/*/*_rgb_anon.png")}
+    keys |= {p.name[: -len("_rgb_ref_anon.png")] for p in root.glob("*/*/*/*_rgb_ref_anon.png")}
+    return keys
+
+
+def _infos(dataset: Any) -> list[dict]:
+    parts = getattr(dataset, "datasets", None) or [dataset]
+    return [p.get_data_info(i) for p in parts for i in range(len(p))]
+
+
+def check_no_acdc_in_training(train_dataset: Any, forbidden: set[str]) -> int:
+    """Raise if any training sample is an ACDC image (by dataset, key or source key)."""
+    n = 0
+    for info in _infos(train_dataset):
+        n += 1
+        key = str(info.get("key", ""))
+        src = str(info.get("source_key", key.split("__")[0]))
+        if info.get("dataset") == "acdc" or key in forbidden or src in forbidden:
+            raise DataError(
+                info.get("img_path", key),
+                f"training sample {key!r} (source {src!r}) is an ACDC image",
+                "ACDC is the test domain: train only on Cityscapes and on shards generated from Cityscapes references",
+            )
+    return n
+
+
+def check_pca_meta(path: str | Path, forbidden: set[str]) -> int:
+    """Raise if the PCA sidecar lists an ACDC key among its fitted samples (or lists none)."""
+    meta = json.loads(Path(path).read_text())
+    for field in PCA_KEY_FIELDS:
+        if isinstance(meta.get(field), list):
+            bad = sorted(set(map(str, meta[field])) & forbidden)
+            if bad:
+                raise DataError(
+                    path,
+                    f"the layout PCA was fitted on ACDC images {bad[:5]}",
+                    "re-fit the PCA on Cityscapes train images only",
+                )
+            return len(meta[field])
+    raise DataError(
+        path,
+        f"PCA sidecar lists no fitted sample keys (looked for {list(PCA_KEY_FIELDS)})",
+        "re-fit the PCA with a version that records its sample keys, so the ACDC guard can check them",
+    )
+
+
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per mix and column: mean and sample std (0 for a single seed) over seeds."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for mix, rows in runs.items():
+        out[mix] = {}
+        for c in COLUMNS:
+            v = np.array([r[c] for r in rows], dtype=np.float64)
+            out[mix][c] = {
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "n": len(v),
+            }
+    return out
+
+
+def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    width = max([len("Training data")] + [len(m) for m in summary]) + 2
+    lines = ["Training data".ljust(width) + "".join(f"{c:>14}" for c in COLUMNS)]
+    for mix, cols in summary.items():
+        cells = "".join(f"{cols[c]['mean']:>8.1f} +-{cols[c]['std']:>4.1f}" for c in COLUMNS)
+        lines.append(mix.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, dict[str, dict[str, float]]], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mixes = list(summary)
+    x = np.arange(len(COLUMNS))
+    w = 0.8 / max(1, len(mixes))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, m in enumerate(mixes):
+        ax.bar(
+            x + i * w - 0.4 + w / 2,
+            [summary[m][c]["mean"] for c in COLUMNS],
+            w,
+            yerr=[summary[m][c]["std"] for c in COLUMNS],
+            capsize=2,
+            label=m,
+        )
+    ax.set_xticks(x, COLUMNS)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("Cityscapes -> ACDC domain generalisation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_one(
+    config: str,
+    synth: str | None,
+    ratio: float,
+    seed: int,
+    max_iters: int | None,
+    work_dir: Path,
+    forbidden: set[str],
+) -> dict[str, float]:
+    """Train one (mix, seed) and evaluate it on CS val and each ACDC condition."""
+    from mmseg.registry import DATASETS
+
+    from downstream.segformer.evaluate import predict_and_score
+    from downstream.segformer.train import build_config, train
+
+    cfg = build_config(
+        config, synth=synth, ratio=ratio, work_dir=work_dir, max_iters=max_iters, seed=seed, validate=False
+    )
+    # 1. guard: build the training set's index (no images decoded) and check every key
+    train_set = DATASETS.build(cfg.train_dataloader.dataset)
+    check_no_acdc_in_training(train_set, forbidden)
+    # 2. train
+    runner = train(cfg)
+    # 3. evaluate
+    from downstream.segformer.evaluate import eval_dataset_cfgs
+
+    row: dict[str, float] = {}
+    for name, ds_cfg in eval_dataset_cfgs(cfg).items():
+        column = ACDC_COLUMNS.get(name, name)
+        row[column] = predict_and_score(runner.model, DATASETS.build(ds_cfg), desc=column).miou()
+    row["Avg"] = float(np.mean([row[c] for c in ACDC_COLUMNS.values()]))
+    (work_dir / "scores.json").write_text(json.dumps(row, indent=2))
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from downstream.segformer.train import DEFAULT_CONFIG
+
+    p = argparse.ArgumentParser(
+        prog="python -m downstream.benchmarks.dg",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="mmseg config (train/val data, schedule, ACDC sets)"
+    )
+    p.add_argument("--lumen", default=None, help="glob of LUMEN variant shards -> mix 'real + LUMEN'")
+    p.add_argument(
+        "--other",
+        action="append",
+        default=[],
+        metavar="NAME=GLOB",
+        help="more shard mixes, e.g. 'canny=out/canny/*.tar' -> mix 'real + canny' (repeatable)",
+    )
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of training samples from the shards")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--max-iters", type=int, default=None, help="schedule length for every run (default: config's)"
+    )
+    p.add_argument(
+        "--pca-meta", default=None, help="JSON sidecar of the layout PCA; its fitted keys are checked"
+    )
+    p.add_argument("--out", type=Path, default=Path("outputs/dg"))
+    a = p.parse_args(argv)
+
+    from mmengine.config import Config
+
+    mixes: dict[str, str | None] = {"real": None}
+    if a.lumen:
+        mixes["real + LUMEN"] = a.lumen
+    for item in a.other:
+        if "=" not in item:
+            p.error(f"--other {item!r}: expected NAME=GLOB")
+        name, glob_ = item.split("=", 1)
+        mixes[f"real + {name}"] = glob_
+    acdc_root = Config.fromfile(a.config).acdc_val["data_root"]
+    forbidden = acdc_keys(acdc_root)
+    if not forbidden:
+        raise DataError(
+            acdc_root,
+            "no ACDC images found",
+            "point the config's acdc_root at ACDC (make city writes data/procedural/acdc)",
+        )
+    if a.pca_meta:
+        check_pca_meta(a.pca_meta, forbidden)
+    a.out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, float]]] = {}
+    for mix, synth in mixes.items():
+        for seed in a.seeds:
+            wd = a.out / mix.replace(" + ", "+").replace(" ", "_") / f"seed{seed}"
+            runs.setdefault(mix, []).append(
+                run_one(a.config, synth, a.ratio, seed, a.max_iters, wd, forbidden)
+            )
+    summary = summarise(runs)
+    table = format_table(summary)
+    print(table)
+    result = {
+        "config": a.config,
+        "mixes": {m: s for m, s in mixes.items()},
+        "ratio": a.ratio,
+        "seeds": a.seeds,
+        "max_iters": a.max_iters,
+        "runs": runs,
+        "summary": summary,
+        "table": table,
+    }
+    (a.out / "dg.json").write_text(json.dumps(result, indent=2))
+    plot(summary, a.out / "dg.png")
+    print(f"wrote {a.out / 'dg.json'} and {a.out / 'dg.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

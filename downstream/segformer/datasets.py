@@ -1,0 +1,219 @@
+"""mmseg datasets for Cityscapes folders, ACDC folders, our webdataset shards, and a real+synthetic mix.
+
+Registered in mmseg's DATASETS registry when ``downstream.segformer.register`` is imported
+(configs do this with ``custom_imports``); mmseg itself is not modified. Every dataset yields
+data-info dicts with the same fields, so one loading pipeline (``LoadLumenImage`` +
+``LoadLumenLabels``) serves all of them:
+
+- ``img_path`` / ``seg_map_path``: files (for shards: ``<shard>#<key>``, informational);
+- ``shard_files``: for shards, ``{suffix: (shard, offset, size)}``;
+- ``label_encoding``: ``"labelIds"`` (converted to trainIds on the fly) or ``"trainIds"``;
+- ``key``, ``dataset``, ``condition``, ``source`` (``real``/``synth``: what the consumption log counts).
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+from typing import Any
+
+from mmseg.datasets import BaseSegDataset
+from mmseg.registry import DATASETS
+
+from factory.data.acdc import CONDITIONS as ACDC_CONDITIONS
+from factory.data.acdc import list_acdc
+from factory.data.cityscapes import list_cityscapes
+from factory.data.sample import DataError
+
+from .labels import CLASSES, PALETTE
+from .shards import expand_shards, index_shard, read_meta
+
+METAINFO = dict(classes=CLASSES, palette=PALETTE)
+
+
+class _LumenSegDataset(BaseSegDataset):
+    """Common base: Cityscapes' 19 classes; subclasses implement ``load_data_list``."""
+
+    METAINFO = METAINFO
+
+    def __init__(self, *, source: str = "real", **kwargs: Any) -> None:
+        self.source = source
+        super().__init__(**kwargs)
+
+    def _join_prefix(self) -> None:  # our datasets take explicit roots, no prefix joining
+        return None
+
+
+@DATASETS.register_module()
+class CityscapesLabelIdsDataset(_LumenSegDataset):
+    """Official Cityscapes folders: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
+    ``gtFine/<split>/<city>/*_gtFine_labelIds.png``, converted to trainIds while loading (so no
+    ``createTrainIdLabelImgs`` preprocessing pass is needed)."""
+
+    def __init__(self, data_root: str, split: str = "train", cities: list[str] | None = None, **kwargs: Any):
+        self.split = split
+        self.cities = cities
+        super().__init__(data_root=data_root, **kwargs)
+
+    def load_data_list(self) -> list[dict]:
+        refs = list_cityscapes(self.data_root, self.split, cities=self.cities).refs
+        out = []
+        for ref in refs:
+            if "labelids" not in ref.paths:
+                raise DataError(
+                    ref.paths["image"], "no gtFine labelIds file for this image", "restore gtFine/"
+                )
+            out.append(
+                dict(
+                    img_path=str(ref.paths["image"]),
+                    seg_map_path=str(ref.paths["labelids"]),
+                    label_encoding="labelIds",
+                    key=ref.key,
+                    dataset="cityscapes",
+                    condition="clear",
+                    source=self.source,
+                    seg_fields=[],
+                    reduce_zero_label=False,
+                    label_map=None,
+                )
+            )
+        return out
+
+
+@DATASETS.register_module()
+class ACDCDataset(_LumenSegDataset):
+    """ACDC folders for one adverse condition: ``rgb_anon/<cond>/<split>/<seq>/*_rgb_anon.png``
+    with ``gt/<cond>/<split>/<seq>/*_gt_labelTrainIds.png`` (trainIds, used as they are)."""
+
+    def __init__(self, data_root: str, condition: str, split: str = "val", **kwargs: Any):
+        if condition not in ACDC_CONDITIONS:
+            raise ValueError(f"ACDCDataset.condition: {condition!r} is not one of {list(ACDC_CONDITIONS)}")
+        self.condition = condition
+        self.split = split
+        super().__init__(data_root=data_root, **kwargs)
+
+    def load_data_list(self) -> list[dict]:
+        refs = list_acdc(self.data_root, self.split, conditions=(self.condition,)).refs
+        out = []
+        for ref in refs:
+            if "labeltrainids" not in ref.paths:
+                raise DataError(
+                    ref.paths["image"],
+                    "no gt_labelTrainIds file for this image",
+                    f"restore gt/{self.condition}/",
+                )
+            out.append(
+                dict(
+                    img_path=str(ref.paths["image"]),
+                    seg_map_path=str(ref.paths["labeltrainids"]),
+                    label_encoding="trainIds",
+                    key=ref.key,
+                    dataset="acdc",
+                    condition=self.condition,
+                    source=self.source,
+                    seg_fields=[],
+                    reduce_zero_label=False,
+                    label_map=None,
+                )
+            )
+        return out
+
+
+@DATASETS.register_module()
+class LumenShardDataset(_LumenSegDataset):
+    """Our webdataset shards (real references or synthetic variants, one schema): image
+    ``<key>.png|jpg|webp``, labels ``<key>.labelids.png`` (labelIds), metadata ``<key>.json``.
+    A synthetic image smaller than its labels is resized up to them by ``LoadLumenImage``."""
+
+    def __init__(
+        self, shards: str | list[str], source: str = "synth", limit: int | None = None, **kwargs: Any
+    ):
+        self.shards = shards
+        self.limit = limit
+        super().__init__(source=source, data_root=None, **kwargs)
+
+    def load_data_list(self) -> list[dict]:
+        out = []
+        for path in expand_shards(self.shards):
+            for s in index_shard(path):
+                meta = read_meta(s)
+                files = {suf: (m.shard, m.offset, m.size) for suf, m in s.files.items()}
+                out.append(
+                    dict(
+                        img_path=f"{path}#{s.key}",
+                        seg_map_path=f"{path}#{s.key}.labelids.png",
+                        shard_files=files,
+                        image_suffix=s.image_suffix,
+                        label_encoding="labelIds",
+                        key=s.key,
+                        dataset="shards",
+                        condition=str(meta.get("variant", "clear")),
+                        source_key=str(meta.get("source_key", s.key)),
+                        source=self.source,
+                        seg_fields=[],
+                        reduce_zero_label=False,
+                        label_map=None,
+                    )
+                )
+                if self.limit is not None and len(out) >= self.limit:
+                    return out
+        return out
+
+
+@DATASETS.register_module()
+class MixedDataset:
+    """Real and synthetic datasets side by side (indices ``[0, n_real)`` then the synthetic ones).
+
+    The real:synthetic *ratio* is honoured by ``MixedSampler`` (which reads ``ratio`` and the
+    index split from here); the consumption hook logs what was actually drawn from each.
+    ``ratio`` is the fraction of training samples taken from ``synth``.
+    """
+
+    def __init__(self, real: dict | Any, synth: dict | Any, ratio: float = 0.5, lazy_init: bool = False):
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(
+                f"MixedDataset.ratio: {ratio} must be in (0, 1) (fraction of synthetic samples; use the real dataset alone for 0)"
+            )
+        self.ratio = float(ratio)
+        self.sources = ("real", "synth")
+        self._cfgs = (real, synth)
+        self.datasets: list[Any] = []
+        self._fully_initialized = False
+        if not lazy_init:
+            self.full_init()
+
+    def full_init(self) -> None:
+        if self._fully_initialized:
+            return
+        self.datasets = []
+        for name, c in zip(self.sources, self._cfgs):
+            if isinstance(c, dict):  # the slot decides what the consumption log calls it
+                c = {**c, "source": name}
+            self.datasets.append(DATASETS.build(c) if isinstance(c, dict) else c)
+        for ds in self.datasets:
+            if hasattr(ds, "full_init"):
+                ds.full_init()
+        for name, ds in zip(self.sources, self.datasets):
+            if len(ds) == 0:
+                raise DataError(name, f"the {name} part of MixedDataset is empty", "check its paths")
+        self.cumulative = [len(self.datasets[0]), len(self.datasets[0]) + len(self.datasets[1])]
+        self._fully_initialized = True
+
+    @property
+    def metainfo(self) -> dict:
+        return copy.deepcopy(self.datasets[0].metainfo)
+
+    def __len__(self) -> int:
+        return self.cumulative[-1]
+
+    def _locate(self, idx: int) -> tuple[int, int]:
+        part = bisect.bisect_right(self.cumulative, idx)
+        return part, idx - (0 if part == 0 else self.cumulative[part - 1])
+
+    def get_data_info(self, idx: int) -> dict:
+        part, local = self._locate(idx)
+        return self.datasets[part].get_data_info(local)
+
+    def __getitem__(self, idx: int) -> Any:
+        part, local = self._locate(idx)
+        return self.datasets[part][local]

@@ -1,0 +1,133 @@
+"""Random access into our webdataset shards (no mmseg import).
+
+Training samplers need ``dataset[i]`` (shuffling, several workers, infinite sampling), while a
+webdataset tar is a stream. A tar member's data sits at a fixed byte offset, so one pass over
+each shard's headers at start-up gives an index ``key -> {suffix: (offset, size)}``; reading a
+sample is then one seek and read per file. Shards are never modified after their rename
+(DESIGN.md), so the index stays valid for the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from factory.data.sample import DataError
+
+IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp")
+REQUIRED = ("labelids.png",)
+
+
+@dataclass(frozen=True)
+class ShardMember:
+    shard: str
+    offset: int
+    size: int
+
+
+@dataclass
+class ShardSample:
+    """Where one sample's files lie inside a shard: ``files[suffix] = ShardMember``."""
+
+    key: str
+    shard: str
+    files: dict[str, ShardMember] = field(default_factory=dict)
+
+    @property
+    def image_suffix(self) -> str:
+        for s in IMAGE_SUFFIXES:
+            if s in self.files:
+                return s
+        raise DataError(self.shard, f"sample {self.key!r} has no image member", "write '<key>.png'")
+
+
+def expand_shards(shards: str | list[str] | tuple[str, ...]) -> list[str]:
+    """A glob, a path, or a list of them -> sorted shard paths; error when nothing matches."""
+    patterns = [shards] if isinstance(shards, str | Path) else list(shards)
+    paths: list[str] = []
+    for pattern in patterns:
+        hits = sorted(glob.glob(str(pattern)))
+        if not hits:
+            raise DataError(
+                pattern,
+                "no shard matches this path or glob",
+                "check SYNTH= / shards= (e.g. 'out/shards/*.tar')",
+            )
+        paths.extend(hits)
+    return paths
+
+
+def index_shard(path: str) -> list[ShardSample]:
+    """Read a shard's tar headers once; group members by key (the name before the first '.')."""
+    samples: dict[str, ShardSample] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                name = Path(m.name).name
+                if "." not in name:
+                    continue
+                key, suffix = name.split(".", 1)
+                s = samples.setdefault(key, ShardSample(key=key, shard=path))
+                s.files[suffix] = ShardMember(path, m.offset_data, m.size)
+    except tarfile.TarError as e:
+        raise DataError(
+            path,
+            f"not a readable tar shard ({e})",
+            "re-write the shard; only complete shards are renamed to .tar",
+        ) from None
+    for s in samples.values():
+        missing = [r for r in REQUIRED if r not in s.files]
+        if missing:
+            raise DataError(
+                path, f"sample {s.key!r} lacks {missing}", "shards must follow the DESIGN.md schema"
+            )
+        _ = s.image_suffix
+    return list(samples.values())
+
+
+def read_member(m: ShardMember) -> bytes:
+    with open(m.shard, "rb") as f:
+        f.seek(m.offset)
+        return f.read(m.size)
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Encoded bytes -> HxWx3 uint8 BGR (mmseg's convention)."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise DataError(where, "image bytes do not decode", "re-write the shard")
+    return arr
+
+
+def decode_label(data: bytes, where: str) -> np.ndarray:
+    """An 8-bit single-channel label PNG -> HxW uint8."""
+    img = Image.open(io.BytesIO(data))
+    if img.mode not in ("L", "P"):
+        raise DataError(
+            where,
+            f"label PNG has mode {img.mode!r}, expected 8-bit single channel ('L')",
+            "store the reference's labelIds PNG bytes unchanged",
+        )
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_meta(sample: ShardSample) -> dict[str, Any]:
+    if "json" not in sample.files:
+        return {}
+    try:
+        return json.loads(read_member(sample.files["json"]))
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{sample.shard}:{sample.key}.json", f"metadata is not JSON ({e})", "re-write the shard"
+        ) from None

@@ -1,0 +1,193 @@
+"""Train SegFormer with mmsegmentation on real data, optionally mixed with our shards.
+
+Usage (``make train-segformer`` wraps this)::
+
+    python -m downstream.segformer.train [CONFIG] [--synth 'out/shards/*.tar' --ratio 0.5]
+        [--work-dir DIR] [--max-iters N] [--seed S] [--cfg-options key=value ...]
+
+CONFIG defaults to the tiny procedural-city config (data under data/procedural from
+``make city``). ``--synth`` mixes the given shards into the training set so that a fraction
+``--ratio`` of the samples comes from them (MixedDataset + MixedSampler); the consumption hook
+logs and saves what was actually drawn from each source. Runs on a GPU when one is visible
+(mmengine picks it), otherwise on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import importlib
+from pathlib import Path
+from typing import Any
+
+from factory.config import ConfigError
+
+DEFAULT_CONFIG = "configs/downstream/segformer_tiny_procedural-64x128.py"
+
+
+def _datasets(cfg_node: Any, path: str):
+    """Yield (config path, dataset dict) for a dataset config and the datasets nested in it."""
+    if not isinstance(cfg_node, dict):
+        return
+    yield path, cfg_node
+    for sub in ("real", "synth", "dataset"):
+        if isinstance(cfg_node.get(sub), dict):
+            yield from _datasets(cfg_node[sub], f"{path}.{sub}")
+    for i, d in enumerate(cfg_node.get("datasets", []) or []):
+        yield from _datasets(d, f"{path}.datasets[{i}]")
+
+
+def check_config(cfg: Any, source: str = "<config>") -> None:
+    """Fail early, naming the key, if a config uses a dataset/sampler/transform mmseg does not know."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
+
+    init_default_scope(cfg.get("default_scope", "mmseg"))
+    for mod in (cfg.get("custom_imports") or {}).get("imports", []):
+        importlib.import_module(mod)
+
+    def known(registry: Any, name: str) -> bool:
+        return registry.get(name) is not None
+
+    def fail(where: str, kind: str, name: str, registry: Any) -> None:
+        names = sorted(
+            set(registry.module_dict) | set(registry.parent.module_dict if registry.parent else {})
+        )
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {close}?" if close else f"known: {names[:12]}..."
+        raise ConfigError(
+            f"{source}: {where}.type = {name!r} is not a registered mmseg {kind} ({hint}); "
+            "register it via custom_imports = dict(imports=['downstream.segformer.register']) or fix the name"
+        )
+
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        node = cfg.get(loader)
+        if not node:
+            continue
+        for where, ds in _datasets(node.get("dataset"), f"{loader}.dataset"):
+            if "type" in ds and isinstance(ds["type"], str) and not known(DATASETS, ds["type"]):
+                fail(where, "dataset", ds["type"], DATASETS)
+            for i, t in enumerate(ds.get("pipeline", []) or []):
+                if (
+                    isinstance(t, dict)
+                    and isinstance(t.get("type"), str)
+                    and not known(TRANSFORMS, t["type"])
+                ):
+                    fail(f"{where}.pipeline[{i}]", "transform", t["type"], TRANSFORMS)
+        sampler = node.get("sampler") or {}
+        if isinstance(sampler.get("type"), str) and not known(DATA_SAMPLERS, sampler["type"]):
+            fail(f"{loader}.sampler", "sampler", sampler["type"], DATA_SAMPLERS)
+        ds = node.get("dataset") or {}
+        if ds.get("type") == "MixedDataset" and sampler.get("type") != "MixedSampler":
+            raise ConfigError(
+                f"{source}: {loader} uses MixedDataset with sampler {sampler.get('type')!r}; "
+                "only MixedSampler honours its ratio (set sampler=dict(type='MixedSampler'))"
+            )
+
+
+def _set_max_iters(cfg: Any, max_iters: int) -> None:
+    """Shorten/lengthen the schedule: loop length, validation, checkpoint and LR scheduler ends."""
+    old = cfg.train_cfg.max_iters
+    cfg.train_cfg.max_iters = max_iters
+    cfg.train_cfg.val_interval = min(cfg.train_cfg.get("val_interval", max_iters), max_iters)
+    if "checkpoint" in cfg.default_hooks:
+        cfg.default_hooks.checkpoint.interval = min(cfg.default_hooks.checkpoint.interval, max_iters)
+    for s in cfg.get("param_scheduler", []) or []:  # keep each phase's share of the schedule
+        begin = min(max_iters - 1, round(s.get("begin", 0) * max_iters / old))
+        s["begin"] = begin
+        if s.get("end") is not None:
+            s["end"] = max(begin + 1, min(max_iters, round(s["end"] * max_iters / old)))
+    if "logger" in cfg.default_hooks:
+        cfg.default_hooks.logger.interval = max(
+            1, min(cfg.default_hooks.logger.interval, max_iters // 4 or 1)
+        )
+
+
+def build_config(
+    config: str | Path = DEFAULT_CONFIG,
+    *,
+    synth: str | list[str] | None = None,
+    ratio: float = 0.5,
+    work_dir: str | Path | None = None,
+    max_iters: int | None = None,
+    seed: int | None = None,
+    cfg_options: dict[str, Any] | None = None,
+    validate: bool = True,
+) -> Any:
+    """The mmengine Config for one run: file + mix + overrides, checked before anything is built."""
+    from mmengine.config import Config
+
+    config = Path(config)
+    if not config.is_file():
+        raise ConfigError(f"config {config} does not exist (configs live in configs/downstream/)")
+    cfg = Config.fromfile(str(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if synth:
+        if not 0.0 < ratio < 1.0:
+            raise ConfigError(
+                f"--ratio {ratio}: must be in (0, 1), the fraction of samples drawn from --synth"
+            )
+        real = copy.deepcopy(cfg.train_dataloader.dataset)
+        shard_ds = dict(type="LumenShardDataset", shards=synth, pipeline=copy.deepcopy(real["pipeline"]))
+        cfg.train_dataloader.dataset = dict(type="MixedDataset", real=real, synth=shard_ds, ratio=ratio)
+        cfg.train_dataloader.sampler = dict(type="MixedSampler", shuffle=True)
+    if max_iters is not None:
+        if max_iters < 1:
+            raise ConfigError(f"--max-iters {max_iters}: must be >= 1")
+        _set_max_iters(cfg, max_iters)
+    if seed is not None:
+        cfg.randomness = dict(seed=seed)
+    if not validate:
+        cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.work_dir = str(work_dir or Path("work_dirs") / (config.stem + ("_synth" if synth else "")))
+    check_config(cfg, str(config))
+    return cfg
+
+
+def train(cfg: Any) -> Any:
+    """Build the mmengine Runner from ``cfg``, train, and return the runner (model inside)."""
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from mmengine.config import DictAction
+
+    p = argparse.ArgumentParser(
+        prog="python -m downstream.segformer.train", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "config", nargs="?", default=DEFAULT_CONFIG, help=f"mmseg config (default {DEFAULT_CONFIG})"
+    )
+    p.add_argument("--synth", default=None, help="shard glob to mix into training, e.g. 'out/shards/*.tar'")
+    p.add_argument(
+        "--ratio", type=float, default=0.5, help="fraction of training samples from --synth (default 0.5)"
+    )
+    p.add_argument("--work-dir", default=None, help="logs and checkpoints (default work_dirs/<config>)")
+    p.add_argument("--max-iters", type=int, default=None, help="override the schedule length")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-validate", action="store_true", help="skip the validation loop")
+    p.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, default=None, help="key=value overrides of the config"
+    )
+    a = p.parse_args(argv)
+    cfg = build_config(
+        a.config,
+        synth=a.synth,
+        ratio=a.ratio,
+        work_dir=a.work_dir,
+        max_iters=a.max_iters,
+        seed=a.seed,
+        cfg_options=a.cfg_options,
+        validate=not a.no_validate,
+    )
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Reading Cityscapes, ACDC and shards into mmseg samples; mixing; bad-input errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from downstream.segformer.labels import LABELID_TO_TRAINID
+from factory.config import ConfigError
+from factory.data.sample import DataError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "downstream"
+LOAD = [dict(type="LoadLumenImage"), dict(type="LoadLumenLabels")]
+
+
+def _build(cfg):
+    from mmseg.registry import DATASETS
+
+    return DATASETS.build(cfg)
+
+
+def test_cityscapes_labelids_become_trainids(cs_root):
+    ds = _build(dict(type="CityscapesLabelIdsDataset", data_root=str(cs_root), split="train", pipeline=LOAD))
+    assert len(ds) == 6
+    item = ds[0]
+    info = ds.get_data_info(0)
+    raw = np.asarray(Image.open(info["seg_map_path"]))
+    np.testing.assert_array_equal(item["gt_seg_map"], LABELID_TO_TRAINID[raw])
+    assert item["img"].shape[:2] == raw.shape and item["img"].dtype == np.uint8
+    assert info["source"] == "real" and info["condition"] == "clear"
+    assert set(np.unique(item["gt_seg_map"])) <= set(range(19)) | {255}
+
+
+def test_acdc_per_condition(acdc_root):
+    for cond in ("fog", "night", "rain", "snow"):
+        ds = _build(
+            dict(type="ACDCDataset", data_root=str(acdc_root), condition=cond, split="val", pipeline=LOAD)
+        )
+        assert len(ds) == 3
+        info = ds.get_data_info(0)
+        assert (
+            info["condition"] == cond
+            and info["dataset"] == "acdc"
+            and "/rgb_anon/" + cond in info["img_path"]
+        )
+        item = ds[0]
+        np.testing.assert_array_equal(item["gt_seg_map"], np.asarray(Image.open(info["seg_map_path"])))
+
+
+def test_acdc_missing_condition_folder(acdc_root, tmp_path):
+    import shutil
+
+    partial = tmp_path / "acdc"
+    shutil.copytree(acdc_root / "rgb_anon" / "fog", partial / "rgb_anon" / "fog")
+    with pytest.raises(DataError, match=r"rgb_anon/snow/val.*ACDC folder for condition 'snow'"):
+        _build(dict(type="ACDCDataset", data_root=str(partial), condition="snow", pipeline=LOAD))
+    with pytest.raises(ValueError, match="sandstorm"):
+        _build(dict(type="ACDCDataset", data_root=str(acdc_root), condition="sandstorm", pipeline=LOAD))
+
+
+def test_shards_image_resized_to_labels(ref_shards, cs_root):
+    ds = _build(dict(type="LumenShardDataset", shards=[str(p) for p in ref_shards], pipeline=LOAD))
+    assert len(ds) == 6
+    for i in range(len(ds)):
+        item = ds[i]
+        key = item["key"]
+        city = key.split("_")[0]
+        raw = np.asarray(Image.open(cs_root / "gtFine" / "train" / city / f"{key}_gtFine_labelIds.png"))
+        # labels are the reference's (converted), the half-size image was resized up to them
+        np.testing.assert_array_equal(item["gt_seg_map"], LABELID_TO_TRAINID[raw])
+        assert item["img"].shape == (*raw.shape, 3)
+        assert item["source"] == "synth"
+
+
+def _write_shard(path: Path, key: str, image: np.ndarray, labels: np.ndarray) -> None:
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    with tarfile.open(path, "w") as tar:
+        for suffix, data in (
+            ("png", png(image)),
+            ("labelids.png", png(labels)),
+            ("json", json.dumps({"source_key": key, "variant": "fog"}).encode()),
+        ):
+            ti = tarfile.TarInfo(f"{key}.{suffix}")
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+
+
+def test_shard_with_trainids_declared_as_labelids(cs_root, tmp_path):
+    lab_path = sorted((cs_root / "gtFine" / "train").glob("*/*_gtFine_labelIds.png"))[0]
+    labelids = np.asarray(Image.open(lab_path))
+    trainids = LABELID_TO_TRAINID[labelids]
+    img = np.zeros((*labelids.shape, 3), np.uint8)
+    good, bad = tmp_path / "good.tar", tmp_path / "bad.tar"
+    _write_shard(good, "k_000000_000001__fog", img, labelids)
+    _write_shard(bad, "k_000000_000002__fog", img, trainids)
+    ok = _build(dict(type="LumenShardDataset", shards=str(good), pipeline=LOAD))
+    assert ok[0]["gt_seg_map"].shape == labelids.shape
+    ds = _build(dict(type="LumenShardDataset", shards=str(bad), pipeline=LOAD))
+    with pytest.raises(DataError, match=r"bad\.tar#k_000000_000002__fog.*looks like a labelTrainIds map"):
+        ds.pipeline(ds.get_data_info(0))
+
+
+def test_trainids_heuristic_without_255():
+    from downstream.segformer.labels import labelids_to_trainids
+
+    road_heavy = np.zeros((8, 8), np.uint8)  # trainIds: road, building, cars; no ignore pixels
+    road_heavy[:2] = 13
+    road_heavy[2:4] = 2
+    with pytest.raises(DataError, match="labelTrainIds"):
+        labelids_to_trainids(road_heavy, "x.png")
+    real = np.full((8, 8), 7, np.uint8)  # labelIds: road(7) + sky(23)
+    real[:2] = 23
+    assert set(np.unique(labelids_to_trainids(real))) == {0, 10}
+
+
+def test_missing_shards_glob(tmp_path):
+    with pytest.raises(DataError, match="no shard matches"):
+        _build(dict(type="LumenShardDataset", shards=str(tmp_path / "*.tar"), pipeline=LOAD))
+
+
+def test_unknown_dataset_in_config(city_env, tmp_path):
+    from downstream.segformer.train import build_config
+
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        f"_base_ = ['{CONFIG_DIR / 'segformer_tiny_procedural-64x128.py'}']\n"
+        "train_dataloader = dict(dataset=dict(type='CityscapesLabelIdDataset'))\n"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"train_dataloader\.dataset\.type = 'CityscapesLabelIdDataset'.*did you mean.*CityscapesLabelIdsDataset",
+    ):
+        build_config(bad)
+
+
+def test_mixed_dataset_needs_mixed_sampler(city_env, ref_shards, tmp_path):
+    from downstream.segformer.train import build_config
+
+    cfg = build_config(
+        CONFIG_DIR / "segformer_tiny_procedural-64x128.py",
+        synth=str(ref_shards[0].parent / "*.tar"),
+        ratio=0.3,
+        work_dir=tmp_path,
+    )
+    assert cfg.train_dataloader.sampler.type == "MixedSampler"
+    bad = tmp_path / "bad_sampler.py"
+    cfg.train_dataloader.sampler = dict(type="InfiniteSampler", shuffle=True)
+    cfg.dump(str(bad))
+    with pytest.raises(ConfigError, match="only MixedSampler honours its ratio"):
+        build_config(bad)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.75])
+def test_consumed_ratio_matches_request(city_env, ref_shards, tmp_path, ratio):
+    """Draw batches through the real dataloader (sampler, workers, collation) and count sources."""
+    from mmengine.runner import Runner
+
+    from downstream.segformer.hooks import consumption_report, count_sources
+    from downstream.segformer.train import build_config
+
+    cfg = build_config(
+        CONFIG_DIR / "segformer_tiny_procedural-64x128.py",
+        synth=str(ref_shards[0].parent / "*.tar"),
+        ratio=ratio,
+        work_dir=tmp_path,
+    )
+    loader_cfg = cfg.train_dataloader.copy()
+    meta_only = [
+        dict(type="PackSegInputs", meta_keys=("key", "source"))
+    ]  # skip decoding: the mix is the point
+    loader_cfg.dataset.real.pipeline = meta_only
+    loader_cfg.dataset.synth.pipeline = meta_only
+    loader_cfg.update(num_workers=0, persistent_workers=False, batch_size=7)
+    loader = Runner.build_dataloader(loader_cfg, seed=0)
+    counts = None
+    for i, batch in enumerate(loader):
+        counts = (
+            count_sources(batch["data_samples"])
+            if counts is None
+            else counts + count_sources(batch["data_samples"])
+        )
+        if i == 70:
+            break
+    rep = consumption_report(counts, ratio)
+    assert rep["total"] == 71 * 7
+    assert counts["real"] > 0 and counts["synth"] > 0
+    assert rep["abs_error"] < 0.02, rep

@@ -1,0 +1,99 @@
+"""The domain-generalisation benchmark: ACDC guard, table, and a two-mix miniature run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from downstream.benchmarks import dg
+from factory.data.sample import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "downstream" / "segformer_tiny_procedural-64x128.py"
+
+
+def test_cli_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "downstream.benchmarks.dg", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--lumen" in out and "--seeds" in out and "ACDC" in out
+
+
+def test_acdc_guard_catches_acdc_in_training(acdc_root, cs_root):
+    from mmseg.registry import DATASETS
+
+    forbidden = dg.acdc_keys(acdc_root)
+    assert len(forbidden) == 4 * 2 * 3  # conditions x splits x images (refs share the keys)
+    cs = DATASETS.build(dict(type="CityscapesLabelIdsDataset", data_root=str(cs_root), split="train"))
+    assert dg.check_no_acdc_in_training(cs, forbidden) == 6
+    leak = DATASETS.build(
+        dict(
+            type="MixedDataset",
+            real=dict(type="CityscapesLabelIdsDataset", data_root=str(cs_root)),
+            synth=dict(type="ACDCDataset", data_root=str(acdc_root), condition="fog", split="train"),
+        )
+    )
+    with pytest.raises(DataError, match="is an ACDC image"):
+        dg.check_no_acdc_in_training(leak, forbidden)
+
+
+def test_acdc_guard_checks_shard_source_keys(ref_shards, acdc_root):
+    from mmseg.registry import DATASETS
+
+    forbidden = dg.acdc_keys(acdc_root)
+    ds = DATASETS.build(dict(type="LumenShardDataset", shards=[str(p) for p in ref_shards]))
+    assert dg.check_no_acdc_in_training(ds, forbidden) == 6
+    # a variant generated from an ACDC reference (its source key is an ACDC key) must be refused
+    src = ds.get_data_info(0)["source_key"]
+    with pytest.raises(DataError, match=f"source {src!r}"):
+        dg.check_no_acdc_in_training(ds, forbidden | {src})
+
+
+def test_pca_guard(tmp_path, acdc_root):
+    forbidden = dg.acdc_keys(acdc_root)
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps({"fit_keys": ["aachen_000000_000019"]}))
+    assert dg.check_pca_meta(ok, forbidden) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"fit_keys": ["aachen_000000_000019", sorted(forbidden)[0]]}))
+    with pytest.raises(DataError, match="fitted on ACDC images"):
+        dg.check_pca_meta(bad, forbidden)
+    none = tmp_path / "none.json"
+    none.write_text(json.dumps({"n": 20}))
+    with pytest.raises(DataError, match="lists no fitted sample keys"):
+        dg.check_pca_meta(none, forbidden)
+
+
+def test_summary_and_table():
+    runs = {
+        "real": [
+            dict(CS=50, Rain=30, Fog=20, Snow=25, Night=10, Avg=21.25),
+            dict(CS=52, Rain=32, Fog=22, Snow=27, Night=12, Avg=23.25),
+        ]
+    }
+    s = dg.summarise(runs)
+    assert s["real"]["CS"]["mean"] == 51 and abs(s["real"]["CS"]["std"] - 2**0.5) < 1e-9
+    table = dg.format_table(s)
+    assert table.splitlines()[0].split()[-6:] == list(dg.COLUMNS)
+    assert "51.0 +- 1.4" in table
+
+
+@pytest.mark.slow
+def test_dg_miniature_run(city_env, ref_shards, tmp_path):
+    out = tmp_path / "dg"
+    lumen = str(ref_shards[0].parent / "*.tar")
+    argv = ["--config", str(CONFIG), "--lumen", lumen, "--seeds", "0", "--max-iters", "2", "--out", str(out)]
+    result = dg.main(argv)
+    assert set(result["summary"]) == {"real", "real + LUMEN"}
+    for mix in result["runs"].values():
+        assert len(mix) == 1 and all(set(r) == set(dg.COLUMNS) for r in mix)
+    assert (out / "dg.png").stat().st_size > 1000
+    assert json.loads((out / "dg.json").read_text())["seeds"] == [0]
