@@ -62,3 +62,10 @@ demo:  ## the whole paper in miniature, offline, on a CPU
 
 clean:  ## remove generated outputs (keeps .venv)
 	rm -rf $(OUT) data runs work_dirs
+
+# Downstream SegFormer (mmsegmentation). CONFIG: an mmseg config; SYNTH: a shard glob mixed into
+# training so that a fraction RATIO of the samples comes from it. GPU when visible, else CPU.
+train-segformer: CONFIG ?= configs/downstream/segformer_tiny_procedural-64x128.py
+train-segformer: RATIO ?= 0.5
+train-segformer:  ## train SegFormer: CONFIG=<mmseg config> [SYNTH='<shard glob>' RATIO=0.5] [TRAIN_ARGS=...]
+	$(PY) -m downstream.segformer.train $(CONFIG) $(if $(SYNTH),--synth '$(SYNTH)' --ratio $(RATIO)) $(TRAIN_ARGS)
