@@ -60,6 +60,35 @@ city:  ## write the procedural city (Cityscapes + ACDC layouts) under data/
 demo:  ## the whole paper in miniature, offline, on a CPU
 	$(PY) -m factory.demo --out $(OUT)/demo
 
+# ---- local Ray cluster (issue 5) -------------------------------------------------------------
+# Ray 2.60 turns token authentication on for clusters it starts. We pin it explicitly: the
+# token lives in $(CLUSTER_DIR)/auth_token and RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH are exported to
+# `ray start` (head + job driver inherit them) and to `ray job submit` (sends it as a header).
+CLUSTER_DIR ?= $(OUT)/cluster
+RAY_PORT ?= 6390
+RAY_DASHBOARD_PORT ?= 8275
+RAY_NUM_CPUS ?= 2
+RAY_ENV = RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(abspath $(CLUSTER_DIR))/auth_token \
+	PATH=$(abspath $(VENV))/bin:$$PATH RAY_USAGE_STATS_ENABLED=0
+GENERATE_CONFIG ?= configs/generate/procedural.yaml
+
+cluster-up:  ## start a local Ray head (token auth) for `make cluster-submit`
+	mkdir -p $(CLUSTER_DIR)
+	test -s $(CLUSTER_DIR)/auth_token || $(PY) -c "import secrets; print(secrets.token_hex(32))" > $(CLUSTER_DIR)/auth_token
+	chmod 600 $(CLUSTER_DIR)/auth_token
+	$(RAY_ENV) $(VENV)/bin/ray start --head --port=$(RAY_PORT) --dashboard-port=$(RAY_DASHBOARD_PORT) \
+		--num-cpus=$(RAY_NUM_CPUS) --include-dashboard=true --disable-usage-stats
+
+cluster-submit:  ## submit the procedural-city generation job to the local cluster (ray job submit)
+	test -d data/procedural/cityscapes || $(MAKE) city
+	$(RAY_ENV) $(VENV)/bin/ray job submit --address=http://127.0.0.1:$(RAY_DASHBOARD_PORT) \
+		--working-dir . --runtime-env cluster/runtime_env.yaml -- \
+		python -m factory.jobs.generate --config $(GENERATE_CONFIG) \
+		out=$(abspath $(OUT))/generate/procedural dataset.root=$(abspath data/procedural/cityscapes)
+
+cluster-down:  ## stop the local Ray cluster
+	$(RAY_ENV) $(VENV)/bin/ray stop
+
 clean:  ## remove generated outputs (keeps .venv)
 	rm -rf $(OUT) data runs work_dirs
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -105,8 +106,8 @@ class DatasetSpec:
 
 @dataclass
 class GenerateConfig:
-    """The whole generation job. ``synthesizer`` is "lumen" (factory.synth) or "module:callable"
-    (a factory ``f(cfg) -> synthesizer`` for custom models and test doubles)."""
+    """The whole generation job. ``synthesizer`` is "lumen" (factory.synth), or "package.module:f"
+    or "path/to/file.py:f" naming a factory ``f(cfg) -> synthesizer`` (custom models, test doubles)."""
 
     out: Path
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -136,7 +137,7 @@ class GenerateConfig:
         check(
             self.synthesizer == "lumen" or self.synthesizer.count(":") == 1,
             "synthesizer",
-            f"must be 'lumen' or 'package.module:factory', got {self.synthesizer!r}",
+            f"must be 'lumen', 'package.module:factory' or 'file.py:factory', got {self.synthesizer!r}",
         )
 
 
@@ -162,8 +163,18 @@ def build_synthesizer(cfg: GenerateConfig) -> SynthesizerLike:
     if cfg.synthesizer == "lumen":
         return LumenSynthesizer(cfg)
     module_name, attr = cfg.synthesizer.split(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory(cfg)
+    if module_name.endswith(".py"):  # a file (relative to the working directory)
+        path = Path(module_name).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"synthesizer: {path} does not exist (fix: a path relative to {Path.cwd()})"
+            )
+        spec = importlib.util.spec_from_file_location(f"_lumen_synth_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    return getattr(module, attr)(cfg)
 
 
 class LumenSynthesizer:

@@ -26,7 +26,7 @@ from factory.shards import Manifest, read_shard_samples
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = REPO / "configs" / "prompts" / "weather.yaml"
-DOUBLE = "tests.jobs.doubles:build"
+DOUBLE = f"{REPO / 'tests' / 'jobs' / 'doubles.py'}:build"
 
 
 def overrides(city: Path, out: Path, *extra: str, limit: int = 3) -> list[str]:
