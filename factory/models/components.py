@@ -148,6 +148,8 @@ def content_hash(module: torch.nn.Module | dict[str, torch.Tensor], length: int 
 
 def _components_hash(vae: torch.nn.Module, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> str:
     parts = [content_hash(vae, 64), content_hash(unet, 64), content_hash(text_encoder, 64)]
+    # the latent scaling is config, not weights, but it changes every latent (and so the layouts)
+    parts.append(f"scale={vae.config.scaling_factor};shift={getattr(vae.config, 'shift_factor', None)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
