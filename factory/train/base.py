@@ -1,0 +1,421 @@
+"""Train the tiny base text-to-image model of the offline world.
+
+Why: with no weights to download, the offline world needs its own stand-in for a pretrained
+Stable Diffusion. It is what teaches "fog" or "night" to the text side, so the LUMEN ControlNet
+(trained label-free on *clear* scenes only) can later produce weather variants from a prompt.
+
+What it does, top to bottom:
+1. render ``n_scenes`` unlabelled procedural scenes in memory, cycling through the weathers
+   (clear / fog / night / rain / snow), each with a caption naming its weather;
+2. train the VAE (reconstruction + a small KL term), then set its ``scaling_factor`` so latents
+   have unit variance (as SD does);
+3. train the text-conditioned U-Net (epsilon prediction, the DDPM schedule of the components)
+   jointly with the text encoder, with caption dropout so classifier-free guidance works;
+4. save a diffusers ``StableDiffusionPipeline`` folder (``safety_checker=None``) atomically,
+   plus ``lumen_base.json`` (config, timings, losses) and a preview grid with per-weather image
+   statistics (does "at night" come out darker, "in fog" flatter?).
+
+Usage::
+
+    python -m factory.train.base --config configs/train/procedural_base.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from factory.config import check, load_config, to_dict
+
+WEATHERS = ("clear", "fog", "night", "rain", "snow")
+
+DEFAULT_CAPTIONS = {
+    "clear": "a city street scene on a clear day",
+    "fog": "a city street scene in fog",
+    "night": "a city street scene at night",
+    "rain": "a city street scene in the rain",
+    "snow": "a city street scene in snow",
+}
+
+
+@dataclass
+class BaseTrainConfig:
+    """Recipe for the offline base model. Defaults: 64x128 on 2 CPU cores in about 8 minutes."""
+
+    out: Path = Path("outputs/base/procedural")
+    init: str = "tiny"  # model reference giving the architecture and initial weights
+    height: int = 64
+    width: int = 128
+    n_scenes: int = 500
+    conditions: tuple[str, ...] = WEATHERS
+    captions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPTIONS))
+    seed: int = 0
+    threads: int = 2
+    # VAE phase
+    vae_steps: int = 400
+    vae_batch_size: int = 16
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    vae_crop: tuple[int, int] | None = (32, 64)  # random crops: the VAE is convolutional, 4x cheaper
+    # a narrower VAE than ``init``'s (same depth and latent stride): ~4x cheaper on a CPU
+    vae_block_out_channels: tuple[int, ...] | None = None
+    # U-Net phase
+    unet_steps: int = 2500
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    max_minutes: float | None = None  # stop the U-Net phase early on a slow machine (recorded)
+    train_text_encoder: bool = True
+    text_lr: float = 3e-4
+    caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
+    # preview
+    preview_steps: int = 25
+    preview_guidance: float = 3.0
+    preview_per_condition: int = 4
+
+    def __post_init__(self) -> None:
+        check(
+            self.height % 16 == 0 and self.height > 0,
+            "height",
+            f"must be a positive multiple of 16, got {self.height}",
+        )
+        check(
+            self.width % 16 == 0 and self.width > 0,
+            "width",
+            f"must be a positive multiple of 16, got {self.width}",
+        )
+        check(self.n_scenes >= 1, "n_scenes", f"must be >= 1, got {self.n_scenes}")
+        bad = [c for c in self.conditions if c not in WEATHERS]
+        check(
+            not bad and len(self.conditions) > 0,
+            "conditions",
+            f"must be a non-empty subset of {list(WEATHERS)}, got {list(self.conditions)}",
+        )
+        missing = [c for c in self.conditions if c not in self.captions]
+        check(
+            not missing,
+            "captions",
+            f"no caption for conditions {missing}; add e.g. captions.{missing[0] if missing else ''}='...'",
+        )
+        for name in ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "threads"):
+            check(
+                getattr(self, name) >= (0 if name.endswith("_steps") else 1),
+                name,
+                f"out of range: {getattr(self, name)}",
+            )
+        for name in ("lr", "vae_lr", "text_lr"):
+            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        check(
+            0.0 <= self.caption_dropout < 1.0,
+            "caption_dropout",
+            f"must be in [0, 1), got {self.caption_dropout}",
+        )
+        check(self.vae_kl_weight >= 0, "vae_kl_weight", f"must be >= 0, got {self.vae_kl_weight}")
+
+
+def narrower_vae(vae, channels: tuple[int, ...], seed: int):
+    """A fresh AutoencoderKL like ``vae`` (same depth, latent channels, stride) with other widths."""
+    from diffusers import AutoencoderKL
+
+    if len(channels) != len(vae.config.block_out_channels):
+        raise ValueError(
+            f"vae_block_out_channels {list(channels)} must have {len(vae.config.block_out_channels)} entries "
+            "(one per VAE level) to keep the latent stride"
+        )
+    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+    config["block_out_channels"] = tuple(channels)
+    config["norm_num_groups"] = min(config.get("norm_num_groups", 32), min(channels))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(**config)
+
+
+def render_pool(cfg: BaseTrainConfig) -> tuple[np.ndarray, list[str]]:
+    """Render the unlabelled training pool: uint8 images (N,H,W,3) and their weather names."""
+    from factory.data import procedural
+
+    rng = np.random.default_rng(cfg.seed)
+    images, weathers = [], []
+    for i in tqdm(range(cfg.n_scenes), desc="render scenes", leave=False):
+        scene = procedural.render_scene(rng, cfg.height, cfg.width)
+        weather = cfg.conditions[i % len(cfg.conditions)]
+        image = procedural.apply_weather(
+            scene.image,
+            scene.depth,
+            weather,
+            rng,
+            ground=scene.ground,
+            emissive=scene.emissive,
+            lamps=scene.lamps,
+        )
+        images.append(np.asarray(image, dtype=np.uint8))
+        weathers.append(weather)
+    return np.stack(images), weathers
+
+
+def _batch(
+    x: torch.Tensor, n: int, g: torch.Generator, crop: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random indices and the matching items, randomly mirrored left-right and cropped."""
+    idx = torch.randint(0, len(x), (n,), generator=g)
+    xb = x[idx].clone()
+    flip = torch.rand(n, generator=g) < 0.5
+    xb[flip] = xb[flip].flip(-1)
+    if crop is not None:
+        ch, cw = min(crop[0], xb.shape[-2]), min(crop[1], xb.shape[-1])
+        y0 = int(torch.randint(0, xb.shape[-2] - ch + 1, (1,), generator=g))
+        x0 = int(torch.randint(0, xb.shape[-1] - cw + 1, (1,), generator=g))
+        xb = xb[..., y0 : y0 + ch, x0 : x0 + cw]
+    return idx, xb
+
+
+def train_vae(vae, pixels: torch.Tensor, cfg: BaseTrainConfig, g: torch.Generator) -> list[float]:
+    """Reconstruction (MSE + L1) plus a small KL term; returns the loss curve."""
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.vae_lr, total_steps=max(cfg.vae_steps, 1), pct_start=0.1
+    )
+    losses = []
+    bar = tqdm(range(cfg.vae_steps), desc="vae", leave=False)
+    for _ in bar:
+        _, x = _batch(pixels, cfg.vae_batch_size, g, cfg.vae_crop)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / post.mean[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.vae_kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def encode_pool(vae, pixels: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every pool image (flipped copies appended), unscaled."""
+    both = torch.cat([pixels, pixels.flip(-1)])
+    means, stds = [], []
+    for i in range(0, len(both), batch):
+        post = vae.encode(both[i : i + batch]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def train_unet(
+    components, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str], cfg: BaseTrainConfig, g
+) -> list[float]:
+    """Epsilon-prediction training of the U-Net (and text encoder) on the cached latents."""
+    from diffusers.optimization import get_scheduler
+
+    unet, te, tok, sched = (
+        components.unet,
+        components.text_encoder,
+        components.tokenizer,
+        components.noise_scheduler,
+    )
+    mean, std = latents
+    scale = components.vae.config.scaling_factor
+    n_pool = len(captions)
+    caps = captions + captions  # flipped copies share the caption
+    ids_all = tokenize(tok, caps)
+    ids_empty = tokenize(tok, [""])
+    unet.train()
+    te.train(cfg.train_text_encoder)
+    te.requires_grad_(cfg.train_text_encoder)
+    groups = [{"params": list(unet.parameters()), "lr": cfg.lr}]
+    if cfg.train_text_encoder:
+        groups.append({"params": list(te.parameters()), "lr": cfg.text_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=1e-2)
+    # constant after warmup: stopping early on max_minutes leaves a consistent model
+    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.warmup_steps)
+    T = sched.config.num_train_timesteps
+    losses = []
+    bar = tqdm(range(cfg.unet_steps), desc="unet", leave=False)
+    deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes else None
+    for _ in bar:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        idx = torch.randint(0, 2 * n_pool, (cfg.batch_size,), generator=g)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
+        ids = ids_all[idx].clone()
+        drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
+        ids[drop] = ids_empty
+        with torch.set_grad_enabled(cfg.train_text_encoder):
+            enc = te(ids)[0]
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, T, (cfg.batch_size,), generator=g)
+        zt = sched.add_noise(z0, noise, t)
+        pred = unet(zt, t, encoder_hidden_states=enc).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for grp in groups for p in grp["params"]], 1.0)
+        opt.step()
+        lr_sched.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    unet.eval()
+    te.eval()
+    return losses
+
+
+def build_pipeline(components):
+    """A stock StableDiffusionPipeline around the components (DDIM for short sampling)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=DDIMScheduler.from_config(components.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def image_stats(images: np.ndarray) -> dict[str, float]:
+    """Brightness (mean luma) and contrast (per-image luma std, averaged) of uint8 images."""
+    luma = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return {
+        "brightness": float(luma.mean() / 255),
+        "contrast": float(luma.reshape(len(images), -1).std(1).mean() / 255),
+    }
+
+
+def preview(pipe, cfg: BaseTrainConfig, out: Path, pool: np.ndarray, weathers: list[str]) -> dict:
+    """Sample each caption with fixed seeds; save a grid and compare statistics with the pool."""
+    from factory.train.grid import save_grid
+
+    rows, stats = [], {}
+    for weather in cfg.conditions:
+        gens = [torch.Generator().manual_seed(cfg.seed * 1000 + i) for i in range(cfg.preview_per_condition)]
+        imgs = pipe(
+            [cfg.captions[weather]] * cfg.preview_per_condition,
+            height=cfg.height,
+            width=cfg.width,
+            num_inference_steps=cfg.preview_steps,
+            guidance_scale=cfg.preview_guidance,
+            generator=gens,
+            output_type="np",
+        ).images
+        imgs = (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8)
+        real = pool[[i for i, w in enumerate(weathers) if w == weather][: cfg.preview_per_condition]]
+        rows.append([*real, *imgs])
+        stats[weather] = {
+            "generated": image_stats(imgs),
+            "real": image_stats(pool[[w == weather for w in weathers]]),
+        }
+    save_grid(rows, out / "preview.png", row_labels=list(cfg.conditions))
+    return stats
+
+
+def train_base(cfg: BaseTrainConfig) -> Path:
+    """Run the whole recipe and return the saved pipeline folder."""
+    from factory.models import load_components
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    components = load_components(cfg.init)
+    if cfg.vae_block_out_channels:
+        components.vae = narrower_vae(components.vae, cfg.vae_block_out_channels, cfg.seed)
+    pool, weathers = render_pool(cfg)
+    timings["render_s"] = time.perf_counter() - t0
+
+    pixels = torch.from_numpy(pool).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    t1 = time.perf_counter()
+    vae_losses = train_vae(components.vae, pixels, cfg, g)
+    timings["vae_s"] = time.perf_counter() - t1
+    mean, std = encode_pool(components.vae, pixels)
+    scaling = float(1.0 / mean.std())
+    components.vae.register_to_config(scaling_factor=scaling)
+
+    t2 = time.perf_counter()
+    captions = [cfg.captions[w] for w in weathers]
+    unet_losses = train_unet(components, (mean, std), captions, cfg, g)
+    timings["unet_s"] = time.perf_counter() - t2
+    timings["train_total_s"] = time.perf_counter() - t0
+
+    out = Path(cfg.out)
+    tmp = out.with_name(f".tmp-{out.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe = build_pipeline(components)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    t3 = time.perf_counter()
+    stats = preview(pipe, cfg, tmp, pool, weathers) if cfg.preview_per_condition > 0 else {}
+    timings["preview_s"] = time.perf_counter() - t3
+    meta = {
+        "config": to_dict(cfg),
+        "vae_scaling_factor": scaling,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "vae_loss": {"first": vae_losses[0] if vae_losses else None, "last50": _tail(vae_losses)},
+        "unet_loss": {"first": unet_losses[0] if unet_losses else None, "last50": _tail(unet_losses)},
+        "unet_steps_done": len(unet_losses),
+        "weather_stats": stats,
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (tmp / "lumen_base.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _tail(losses: list[float], n: int = 50) -> float | None:
+    return float(np.mean(losses[-n:])) if losses else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config", type=Path, default=None, help="YAML with BaseTrainConfig fields")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. unet_steps=100")
+    args = ap.parse_args(argv)
+    cfg = load_config(BaseTrainConfig, args.config, args.overrides)
+    out = train_base(cfg)
+    meta = json.loads((out / "lumen_base.json").read_text())
+    print(
+        json.dumps(
+            {"out": str(out), "timings": meta["timings"], "weather_stats": meta["weather_stats"]}, indent=1
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
