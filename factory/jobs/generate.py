@@ -28,7 +28,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -44,10 +43,12 @@ import numpy as np
 from factory.config import check, load_config, to_dict
 from factory.data.sample import DataError, Sample, SampleRef
 from factory.jobs.common import (
+    DatasetSpec,
     RayConfig,
     check_plan,
     digest,
     init_ray,
+    list_references,
     plan_actors,
     run_actor_pool,
     shard_name,
@@ -85,23 +86,6 @@ class FaultsConfig:
         check(self.oom_above_batch >= 0, "oom_above_batch", f"must be >= 0, got {self.oom_above_batch}")
         check(self.kill_after_items >= 0, "kill_after_items", f"must be >= 0, got {self.kill_after_items}")
         check(self.delay_s >= 0, "delay_s", f"must be >= 0, got {self.delay_s}")
-
-
-@dataclass
-class DatasetSpec:
-    """Which references to re-synthesise (mirrors factory.data's DatasetConfig)."""
-
-    kind: str = "cityscapes"
-    root: Path = Path("data/procedural/cityscapes")
-    split: str = "train"
-    conditions: list[str] = field(default_factory=lambda: ["fog", "night", "rain", "snow"])
-    limit: int = 0
-
-    def __post_init__(self) -> None:
-        check(
-            self.kind in ("cityscapes", "acdc"), "kind", f"must be 'cityscapes' or 'acdc', got {self.kind!r}"
-        )
-        check(self.limit >= 0, "limit", f"must be >= 0 (0 = all), got {self.limit}")
 
 
 @dataclass
@@ -222,34 +206,6 @@ class LumenSynthesizer:
 # --------------------------------------------------------------------------------------------
 # Planning
 # --------------------------------------------------------------------------------------------
-
-
-_KEY_FROM_FILE = re.compile(r"^(.+?)_(leftImg8bit|gtFine|disparity|camera|gtBbox3d|rgb_anon|gt_)")
-
-
-def list_references(spec: DatasetSpec) -> list[SampleRef]:
-    """References sorted by key, including the ones the reader could not list completely.
-
-    A reference with a missing label file is still planned (with ``meta['listing_error']``):
-    each of its variants then gets a ``failed`` row naming the file, so the manifest accounts for
-    every (reference, variant) and a user sees what to fix.
-    """
-    from factory.data.acdc import list_acdc
-    from factory.data.cityscapes import list_cityscapes
-
-    if spec.kind == "cityscapes":
-        result = list_cityscapes(spec.root, spec.split, on_error="skip")
-    else:
-        result = list_acdc(spec.root, spec.split, conditions=spec.conditions, on_error="skip")
-    refs = {r.key: r for r in result.refs}
-    for bad in result.bad:
-        m = _KEY_FROM_FILE.match(Path(bad.path).name)
-        if not m or m.group(1) in refs:
-            log.warning("skipping unlistable file %s: %s", bad.path, bad.reason)
-            continue
-        refs[m.group(1)] = SampleRef(m.group(1), {"image": Path(bad.path)}, {"listing_error": bad.reason})
-    ordered = [refs[k] for k in sorted(refs)]
-    return ordered[: spec.limit] if spec.limit else ordered
 
 
 def plan_items(refs: Sequence[SampleRef], variants: Sequence[Variant], job_seed: int) -> list[WorkItem]:

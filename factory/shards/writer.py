@@ -143,7 +143,7 @@ class ShardWriter:
         self.cfg = cfg or ShardConfig()
         self._own_pool = pool is None
         self._pool = pool or ThreadPoolExecutor(self.cfg.encode_threads, thread_name_prefix="encode")
-        self._pending: list[tuple[str, Future[bytes], dict[str, bytes], bytes]] = []
+        self._pending: list[tuple[str, Future[bytes] | None, dict[str, bytes], bytes]] = []
         self._keys: set[str] = set()
         self._closed = False
 
@@ -164,6 +164,18 @@ class ShardWriter:
         meta_bytes = json.dumps(meta, sort_keys=True, indent=1).encode("utf-8")
         self._pending.append((key, self._pool.submit(encode_image, image, self.cfg), label_bytes, meta_bytes))
 
+    def add_members(self, key: str, members: dict[str, bytes]) -> None:
+        """Queue one sample of ready-made members (suffix -> bytes), e.g. ``layout.npy`` + ``json``."""
+        if self._closed:
+            raise RuntimeError(f"shard {self.path} is already closed")
+        check_key(key)
+        if key in self._keys:
+            raise ValueError(f"duplicate key {key!r} in shard {self.path}")
+        if not members or any(not s or s.startswith(".") for s in members):
+            raise ValueError(f"sample {key}: member suffixes must be non-empty, got {sorted(members)}")
+        self._keys.add(key)
+        self._pending.append((key, None, dict(members), b""))
+
     def __len__(self) -> int:
         return len(self._pending)
 
@@ -179,7 +191,10 @@ class ShardWriter:
             with open(tmp, "wb") as f:
                 with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                     for key, fut, label_bytes, meta_bytes in self._pending:
-                        members = {self.cfg.image_format: fut.result(), **label_bytes, "json": meta_bytes}
+                        if fut is None:  # add_members: written as given
+                            members = label_bytes
+                        else:
+                            members = {self.cfg.image_format: fut.result(), **label_bytes, "json": meta_bytes}
                         sample = WrittenSample(key)
                         for suffix, data in members.items():
                             _add_member(tar, f"{key}.{suffix}", data)

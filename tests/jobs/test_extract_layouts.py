@@ -1,0 +1,92 @@
+"""The layout extraction job: PCA and layouts identical for 1 vs 2 actors, resume, bad samples."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from factory.config import ConfigError, load_config
+from factory.jobs.extract_layouts import ExtractConfig, run
+from factory.shards import Manifest, read_shard_samples
+
+
+def make_cfg(root, out, *extra):
+    return load_config(
+        ExtractConfig,
+        None,
+        [
+            f"out={out}",
+            f"dataset.root={root / 'cityscapes'}",
+            "dataset.limit=4",
+            "layout.model=tiny",
+            "layout.pca_samples=200",
+            "layout.n_components=4",
+            "layout.batch_size=2",
+            "layout.micro_batch=2",
+            "layout.device=cpu",
+            "samples_per_shard=2",
+            "progress=false",
+            *extra,
+        ],
+    )
+
+
+def layouts(out):
+    got = {}
+    for s in read_shard_samples(sorted((out / "shards").glob("*.tar"))):
+        got[s["__key__"]] = np.load(io.BytesIO(s["layout.npy"]))
+    return got
+
+
+@pytest.fixture(scope="module")
+def one_actor(city_root, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    return out, run(make_cfg(city_root, out, "ray.num_actors=1"))
+
+
+def test_layouts_identical_for_one_and_two_actors(one_actor, city_root, tmp_path):
+    out1, s1 = one_actor
+    s2 = run(make_cfg(city_root, tmp_path, "ray.num_actors=2"))
+    assert s1.fitted and s2.fitted and s1.counts == s2.counts == {"ok": 4}
+    assert (out1 / "pca.safetensors").read_bytes() == (tmp_path / "pca.safetensors").read_bytes()
+    a, b = layouts(out1), layouts(tmp_path)
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for k in a:
+        # N x the layer-8 grid: H/16 x W/16 for SD; the tiny model's grid is H/4 x W/4 (64x128 in)
+        assert a[k].dtype == np.float16 and a[k].shape == (4, 16, 32)
+        assert np.array_equal(a[k], b[k])
+    meta = json.loads(next(read_shard_samples([sorted((out1 / "shards").glob("*.tar"))[0]]))["json"])
+    assert meta["shape"] == [4, 16, 32] and meta["dtype"] == "float16"
+
+
+def test_rerun_skips_finished_shards(one_actor, city_root):
+    out, _ = one_actor
+    before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    again = run(make_cfg(city_root, out, "ray.num_actors=1"))
+    assert not again.fitted and again.shards_done == []
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before
+
+
+def test_bad_sample_recorded_and_job_goes_on(city_root, ray_local, tmp_path):
+    city = tmp_path / "city"
+    shutil.copytree(city_root / "cityscapes", city / "cityscapes")
+    img = sorted((city / "cityscapes" / "leftImg8bit" / "train").rglob("*_leftImg8bit.png"))[1]
+    img.write_bytes(b"garbage")
+    out = tmp_path / "out"
+    summary = run(make_cfg(city, out, "ray.num_actors=1"))
+    assert summary.counts == {"ok": 3, "failed": 1}
+    failed = [r for r in Manifest(out / "manifest").rows() if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["key"] == img.name.removesuffix("_leftImg8bit.png")
+    assert "unreadable" in failed[0]["reason"]
+    assert len(layouts(out)) == 3
+
+
+def test_config_errors_name_the_field(city_root, tmp_path):
+    with pytest.raises(ConfigError, match="timestep"):
+        make_cfg(city_root, tmp_path, "layout.timestep=5000")
+    with pytest.raises(ConfigError, match="samples_per_shard"):
+        make_cfg(city_root, tmp_path, "samples_per_shard=0")
