@@ -163,7 +163,7 @@ class Segmenter:
             loss.backward()
             opt.step()
             sched.step()
-            loss_v = float(loss)
+            loss_v = float(loss.detach())
             bar.set_postfix(loss=f"{loss_v:.3f}")
         meta = {
             "train_seconds": round(time.perf_counter() - t0, 1),

@@ -638,9 +638,7 @@ def save_result(cfg, controlnet, components, provider, refs, step: int, out: Pat
     meta = {
         "base_model": {"ref": components.ref, "content_hash": components.content_hash},
         "condition": {"kind": provider.kind, "channels": provider.channels, "signature": signature},
-        "pca_artifact_hash": _find_key(
-            signature, ("pca_hash", "pca_content_hash", "artifact_hash", "pca_sha256")
-        ),
+        "pca_artifact_hash": pca_artifact_hash(cfg.condition),
         "controlnet_content_hash": content_hash(controlnet),
         "steps": step,
         "data": {**to_dict(cfg.data), "n_samples": len(refs)},
@@ -656,16 +654,17 @@ def save_result(cfg, controlnet, components, provider, refs, step: int, out: Pat
     tmp.rmdir()
 
 
-def _find_key(d: Any, names: tuple[str, ...]) -> Any:
-    """First value under any of ``names`` anywhere in a nested signature dict."""
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if k in names:
-                return v
-            found = _find_key(v, names)
-            if found is not None:
-                return found
-    return None
+def pca_artifact_hash(condition: Any) -> str | None:
+    """sha256 (16 hex) of the PCA artifact's safetensors file for a layout condition, else None."""
+    layout = getattr(condition, "layout", None)
+    pca = getattr(layout, "pca", None) if getattr(condition, "kind", None) == "layout" else None
+    if pca is None:
+        return None
+    path = Path(pca)
+    path = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+    if not path.is_file():
+        path = Path(pca).with_suffix(".safetensors")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,73 @@
+"""The offline base model: trains, saves a pipeline folder that factory.models and stock diffusers load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from factory.config import ConfigError, load_config
+from factory.models import load_components
+from factory.train.base import BaseTrainConfig, train_base
+from factory.train.controlnet import ControlNetTrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
+
+
+def test_base_trains_and_resolves_as_model_reference(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    cfg = BaseTrainConfig(
+        out=tmp_path / "base",
+        n_scenes=5,
+        vae_steps=2,
+        vae_batch_size=2,
+        vae_block_out_channels=(16, 32, 32),
+        unet_steps=2,
+        batch_size=2,
+        warmup_steps=1,
+        preview_steps=1,
+        preview_per_condition=1,
+    )
+    out = train_base(cfg)
+    meta = json.loads((out / "lumen_base.json").read_text())
+    assert meta["unet_steps_done"] == 2 and set(meta["weather_stats"]) == set(cfg.conditions)
+    assert (out / "preview.png").is_file()
+    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+    comp = load_components(str(out))
+    assert comp.vae.config.block_out_channels == (16, 32, 32) or list(comp.vae.config.block_out_channels) == [
+        16,
+        32,
+        32,
+    ]
+    assert comp.vae.config.scaling_factor == pytest.approx(meta["vae_scaling_factor"])
+    assert comp.content_hash != load_components("tiny").content_hash
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe(
+        "a city street scene in fog",
+        height=64,
+        width=128,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert img.shape == (1, 64, 128, 3) and np.isfinite(img).all()
+
+
+def test_base_config_errors():
+    with pytest.raises(ConfigError, match="conditions"):
+        BaseTrainConfig(conditions=("hail",))
+    with pytest.raises(ConfigError, match="captions"):
+        BaseTrainConfig(captions={"clear": "x"})
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    cls = BaseTrainConfig if "base" in name else ControlNetTrainConfig
+    cfg = load_config(cls, CONFIGS / name)
+    if cls is ControlNetTrainConfig:
+        assert cfg.condition.kind in ("layout", "canny")
