@@ -260,7 +260,9 @@ def run(cfg: ExtractConfig) -> ExtractSummary:
 
         backbone = build_backbone(cfg.layout)  # for its signature (the driver loads it once)
         n = min(cfg.layout.n_components, backbone.channels)
-        pca = fit_pca({k: torch.from_numpy(np.array(v)) for k, v in vectors.items()}, n, pca_meta(backbone, cfg.layout))
+        pca = fit_pca(
+            {k: torch.from_numpy(np.array(v)) for k, v in vectors.items()}, n, pca_meta(backbone, cfg.layout)
+        )
         pca.save(pca_path)
         fitted = True
         del backbone

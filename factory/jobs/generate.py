@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from factory.conditions import ConditionConfig
 from factory.config import check, load_config, to_dict
 from factory.data.sample import DataError, Sample, SampleRef
 from factory.jobs.common import (
@@ -97,7 +98,7 @@ class GenerateConfig:
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     variants: VariantsConfig = field(default_factory=VariantsConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
-    condition: dict[str, Any] = field(default_factory=dict)
+    condition: ConditionConfig | None = None  # required by synthesizer "lumen"
     synthesizer: str = "lumen"
     max_attempts: int = 2
     min_image_std: float = 1.0
@@ -113,6 +114,11 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(
+            self.synthesizer != "lumen" or self.condition is not None,
+            "condition",
+            "synthesizer 'lumen' needs a condition (e.g. condition: {kind: layout, layout: {pca: ...}})",
+        )
         check(self.max_attempts >= 1, "max_attempts", f"must be >= 1, got {self.max_attempts}")
         check(self.min_image_std >= 0, "min_image_std", f"must be >= 0, got {self.min_image_std}")
         check(
@@ -173,13 +179,17 @@ class LumenSynthesizer:
 
         s = self.cfg.synth
         components = load_components(s.base_model, device=resolve_device(s.device))
-        condition = None
-        if self.cfg.condition:
-            from factory.conditions import ConditionConfig, build_condition
-            from factory.config import from_dict
+        import torch
 
-            condition = build_condition(from_dict(ConditionConfig, self.cfg.condition), components)
-        self.synth = Synthesizer(s, components, None, condition).setup()
+        from factory.conditions import build_condition
+
+        condition = build_condition(self.cfg.condition, components)
+        # An untrained ControlNet (synth.controlnet: null) is initialised from the global RNG:
+        # seed it so every actor builds the same one (same weights -> same content hash in the
+        # metadata -> byte-identical shards across actors and reruns).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            self.synth = Synthesizer(s, components, None, condition).setup()
         return self
 
     def __call__(self, items: Sequence[WorkItem], *, samples: Sequence[Sample]) -> list[SynthOutput]:
