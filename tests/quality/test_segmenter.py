@@ -33,7 +33,7 @@ def test_labelids_to_trainids_cityscapes_table():
 
 
 def test_trains_beats_trivial_and_round_trips(tmp_path):
-    cfg = SegmenterConfig(n_scenes=12, steps=25, batch_size=4, width_mult=8, seed=0)
+    cfg = SegmenterConfig(n_scenes=16, steps=40, batch_size=4, width_mult=8, seed=0)
     seg = Segmenter.train_procedural(cfg)
     images, labels = render_training_set(SegmenterConfig(n_scenes=4, seed=99))
     pred = seg.predict(images)
