@@ -184,8 +184,9 @@ def train_vae(vae, pixels: torch.Tensor, cfg: BaseTrainConfig, g: torch.Generato
     """Reconstruction (MSE + L1) plus a small KL term; returns the loss curve."""
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    # OneCycleLR divides by (pct_start * total_steps - 1): below 20 steps its warm-up phase is empty.
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.vae_lr, total_steps=max(cfg.vae_steps, 1), pct_start=0.1
+        opt, max_lr=cfg.vae_lr, total_steps=max(cfg.vae_steps, 20), pct_start=0.1
     )
     losses = []
     bar = tqdm(range(cfg.vae_steps), desc="vae", leave=False)
