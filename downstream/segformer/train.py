@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> Any:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-validate", action="store_true", help="skip the validation loop")
     p.add_argument(
+        "--no-acdc-eval", action="store_true", help="skip the final CS + ACDC per-condition evaluation"
+    )
+    p.add_argument(
         "--cfg-options", nargs="+", action=DictAction, default=None, help="key=value overrides of the config"
     )
     a = p.parse_args(argv)
@@ -186,7 +189,38 @@ def main(argv: list[str] | None = None) -> Any:
         cfg_options=a.cfg_options,
         validate=not a.no_validate,
     )
-    return train(cfg)
+    runner = train(cfg)
+    if not a.no_acdc_eval:
+        evaluate_domains(runner, cfg)
+    return runner
+
+
+def evaluate_domains(runner: Any, cfg: Any) -> dict[str, float] | None:
+    """After training: mIoU on the CS test set and each ACDC condition, printed and saved.
+
+    Skipped (with a log line) when the config's ACDC root does not exist.
+    """
+    import json
+
+    from mmseg.registry import DATASETS
+
+    from .evaluate import eval_dataset_cfgs
+
+    acdc = cfg.get("acdc_val")
+    if not acdc or not Path(acdc["data_root"]).is_dir():
+        runner.logger.info(f"ACDC evaluation skipped: {acdc and acdc['data_root']} does not exist")
+        return None
+    from .evaluate import predict_and_score
+
+    scores = {
+        name: predict_and_score(runner.model, DATASETS.build(c), desc=name).miou()
+        for name, c in eval_dataset_cfgs(cfg).items()
+    }
+    line = "  ".join(f"{k}: {v:.2f}" for k, v in scores.items())
+    runner.logger.info(f"mIoU by domain: {line}")
+    print(f"mIoU by domain: {line}")
+    (Path(cfg.work_dir) / "scores.json").write_text(json.dumps(scores, indent=2))
+    return scores
 
 
 if __name__ == "__main__":

@@ -34,3 +34,9 @@ def test_short_mixed_training_run(city_env, ref_shards, tmp_path):
     consumed = json.loads((tmp_path / "consumed_sources.json").read_text())
     assert consumed["counts"] == {"real": 4, "synth": 4}
     assert consumed["unused_sources"] == []
+    # the saved checkpoint reloads (torch>=2.6 weights_only trap) and scores the same on CS val
+    from downstream.segformer.evaluate import evaluate_checkpoint
+
+    scores = evaluate_checkpoint(CONFIG, tmp_path / "iter_4.pth", device="cpu")
+    assert set(scores) == {"CS", "fog", "night", "rain", "snow"}
+    assert abs(scores["CS"] - metrics["mIoU"]) <= 0.006  # mmseg rounds to 2 decimals
