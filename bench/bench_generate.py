@@ -67,7 +67,7 @@ def main() -> None:
         "condition.device=cpu",
         f"batch_size={args.batch}",
         f"samples_per_shard={args.batch * 2}",
-        "min_image_std=0",
+        "quality.min_std=0",
         "progress=false",
         "ray.local_cpus=2",
     ]

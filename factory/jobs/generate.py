@@ -10,9 +10,11 @@ Outline (each step is a function below):
 1. Validate the config (unknown key, wrong type or impossible value fail here, naming the field).
 2. Plan: list references (factory.data), expand variants (factory.synth), sort, split into
    shards of ``samples_per_shard`` items. Skip shards whose manifest part exists (resume).
-3. Run a pool of actors (one per GPU; CPU actors without GPUs). An actor loads the models once
-   and turns one shard into one tar + one manifest part; out-of-memory halves its batch; a
-   dead actor is replaced and its unfinished shards reassigned.
+3. Run a pool of actors (one per GPU; CPU actors without GPUs). An actor loads the models (and
+   the optional label-consistency segmenter) once and turns one shard into one tar + one
+   manifest part; factory.quality checks every sample and retries rejected ones with new seeds
+   (``quality`` section), each attempt a manifest row; out-of-memory halves its batch; a dead
+   actor is replaced and its unfinished shards reassigned.
 4. Write the dataset card (markdown + JSON) and a contact sheet PNG.
 
 Shards are byte-identical across reruns and actor counts: items are assigned to shards by the
@@ -23,6 +25,7 @@ metadata holds no timings (timings go to the manifest, which is per attempt anyw
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -55,6 +58,8 @@ from factory.jobs.common import (
     shard_name,
     split_into_shards,
 )
+from factory.quality import QualityConfig, SampleResult, synthesize_with_retries
+from factory.quality.checks import to_uint8
 from factory.shards import Manifest, ManifestRow, ShardConfig, ShardWriter, atomic_write_bytes, label_files
 from factory.synth.seeds import sample_seed
 from factory.synth.synthesizer import SynthConfig, Synthesizer, SynthOutput, WorkItem
@@ -92,7 +97,9 @@ class FaultsConfig:
 @dataclass
 class GenerateConfig:
     """The whole generation job. ``synthesizer`` is "lumen" (factory.synth), or "package.module:f"
-    or "path/to/file.py:f" naming a factory ``f(cfg) -> synthesizer`` (custom models, test doubles)."""
+    or "path/to/file.py:f" naming a factory ``f(cfg) -> synthesizer`` (custom models, test doubles).
+    ``quality``: factory.quality's acceptance thresholds, ``max_attempts`` and the optional
+    ``segmenter`` whose label-consistency score is recorded (and gated on with ``min_label_miou``)."""
 
     out: Path
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -100,8 +107,7 @@ class GenerateConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     condition: ConditionConfig | None = None  # required by synthesizer "lumen"
     synthesizer: str = "lumen"
-    max_attempts: int = 2
-    min_image_std: float = 1.0
+    quality: QualityConfig = field(default_factory=QualityConfig)
     seed: int = 0
     samples_per_shard: int = 16
     batch_size: int = 4
@@ -119,8 +125,12 @@ class GenerateConfig:
             "condition",
             "synthesizer 'lumen' needs a condition (e.g. condition: {kind: layout, layout: {pca: ...}})",
         )
-        check(self.max_attempts >= 1, "max_attempts", f"must be >= 1, got {self.max_attempts}")
-        check(self.min_image_std >= 0, "min_image_std", f"must be >= 0, got {self.min_image_std}")
+        check(
+            self.quality.min_label_miou is None or self.quality.segmenter is not None,
+            "quality.segmenter",
+            "quality.min_label_miou gates on a label-consistency score, which needs a segmenter "
+            "(fix: set quality.segmenter to a saved Segmenter, or quality.min_label_miou: null)",
+        )
         check(
             self.contact_sheet_refs >= 0, "contact_sheet_refs", f"must be >= 0, got {self.contact_sheet_refs}"
         )
@@ -243,7 +253,12 @@ class ShardResult:
 
 
 class GenerateWorker:
-    """One per GPU (or CPU slot): loads models once, turns a shard's items into a tar + part."""
+    """One per GPU (or CPU slot): loads models once, turns a shard's items into a tar + part.
+
+    Checks and retries are factory.quality's (``synthesize_with_retries`` with
+    ``cfg.quality``); this class adds what a job needs around them: reading references, the
+    out-of-memory fallback, fault injection, shard writing and manifest rows.
+    """
 
     def __init__(self, cfg: GenerateConfig, slot: int, run_id: str, preview_refs: Sequence[str]):
         from concurrent.futures import ThreadPoolExecutor
@@ -265,6 +280,12 @@ class GenerateWorker:
         self.synth.setup()
         signature = getattr(self.synth, "signature", None)
         self.signature = _plain(signature()) if callable(signature) else {"synthesizer": cfg.synthesizer}
+        self.segmenter = load_segmenter(cfg.quality)
+        # Labels are decoded only when something reads them: the label-consistency score, or
+        # the GT-label (semseg) condition. The shards get the label *files* either way.
+        self.needs_labels = self.segmenter is not None or (
+            cfg.condition is not None and cfg.condition.kind == "semseg"
+        )
 
     def pid(self) -> int:
         return os.getpid()
@@ -277,36 +298,41 @@ class GenerateWorker:
             return None, {}, f"reference incomplete: {item.ref.meta['listing_error']}"
         try:
             labels = label_files(item.ref)
-            sample = load_sample(item.ref, labels=False)
+            sample = load_sample(item.ref, labels=self.needs_labels)
         except (DataError, OSError, ValueError) as e:
             return None, {}, f"reference unreadable: {e}"
         return sample, labels, ""
 
     def _synthesize(
-        self, items: list[WorkItem], samples: list[Sample]
-    ) -> tuple[list[SynthOutput], list[float]]:
-        """Outputs in item order, and each output's share of its batch's seconds.
+        self,
+        items: Sequence[WorkItem],
+        condition: Any = None,
+        *,
+        samples: Sequence[Sample],
+        batch_size: int | None = None,
+    ) -> list[SynthOutput]:
+        """The synthesizer as ``synthesize_with_retries`` calls it: outputs in item order, each
+        with its share of its batch's seconds in ``timings['synth_s']``.
 
         Out of memory halves this actor's batch size (for good) and retries the same items:
         each sample has its own generator, so the outputs do not depend on the batch.
+        ``faults.nan_keys`` turns those samples into what the real Synthesizer returns for a
+        NaN decode, so the quality checks see a NaN sample whatever the synthesizer.
         """
         import torch
 
         outputs: list[SynthOutput] = []
-        seconds: list[float] = []
         i = 0
         while i < len(items):
             n = self.batch_size
+            chunk = list(items[i : i + n])
             t0 = time.perf_counter()
             try:
-                if (
-                    self.cfg.faults.oom_above_batch
-                    and len(items[i : i + n]) > self.cfg.faults.oom_above_batch
-                ):
-                    raise torch.OutOfMemoryError(f"simulated out of memory at batch {len(items[i : i + n])}")
+                if self.cfg.faults.oom_above_batch and len(chunk) > self.cfg.faults.oom_above_batch:
+                    raise torch.OutOfMemoryError(f"simulated out of memory at batch {len(chunk)}")
                 if self.cfg.faults.delay_s:
                     time.sleep(self.cfg.faults.delay_s)
-                out = self.synth(items[i : i + n], samples=samples[i : i + n])
+                out = self.synth(chunk, samples=samples[i : i + n])
             except torch.OutOfMemoryError as e:
                 if self.batch_size == 1:
                     raise
@@ -315,13 +341,23 @@ class GenerateWorker:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            k = len(items[i : i + n])
-            if len(out) != k:
-                raise RuntimeError(f"synthesizer returned {len(out)} outputs for {k} items")
-            outputs.extend(out)
-            seconds.extend([(time.perf_counter() - t0) / k] * k)
-            i += k
-        return outputs, seconds
+            if len(out) != len(chunk):
+                raise RuntimeError(f"synthesizer returned {len(out)} outputs for {len(chunk)} items")
+            share = (time.perf_counter() - t0) / len(chunk)
+            for o in out:
+                timings = {"synth_s": share, **{k: float(v) for k, v in (o.timings or {}).items()}}
+                o = dataclasses.replace(o, timings=timings)
+                if o.key in self.cfg.faults.nan_keys and o.image is not None:
+                    bad = int(np.asarray(o.image).size)
+                    o = dataclasses.replace(
+                        o,
+                        image=None,
+                        nonfinite=bad,
+                        error=f"nonfinite: {bad} values are NaN (fault injection)",
+                    )
+                outputs.append(o)
+            i += len(chunk)
+        return outputs
 
     def _maybe_die(self) -> None:
         """Fault injection: SIGKILL this actor's own process (once per output folder)."""
@@ -351,41 +387,36 @@ class GenerateWorker:
                     counts["failed"] += 1
                 else:
                     todo.append((item, sample, labels))
-            # 2. Synthesise; rejected samples are retried with a new seed (attempt k).
-            for attempt in range(self.cfg.max_attempts):
-                if not todo:
-                    break
-                batch = [
-                    WorkItem(
-                        it.ref, it.variant, sample_seed(self.cfg.seed, it.ref.key, it.variant.name, attempt)
+            # 2. Synthesise, check, retry rejected samples with new seeds (factory.quality).
+            results = synthesize_with_retries(
+                self._synthesize,
+                [(it.ref, it.variant) for it, _, _ in todo],
+                job_seed=self.cfg.seed,
+                cfg=self.cfg.quality,
+                labels=[_trainids(s) for _, s, _ in todo] if self.segmenter is not None else None,
+                segmenter=self.segmenter,
+                samples=[s for _, s, _ in todo],
+            )
+            # 3. One manifest row per attempt; the accepted sample goes to the shard.
+            for (item, sample, labels), res in zip(todo, results):
+                for a in res.attempts:
+                    rows.append(
+                        self._row(item, shard, a.status, a.reason or "", a.attempt, a.timings, seed=a.seed)
                     )
-                    for it, _, _ in todo
-                ]
-                outputs, seconds = self._synthesize(batch, [s for _, s, _ in todo])
-                busy += sum(seconds)
-                retry = []
-                for (orig, sample, labels), item, out, synth_s in zip(todo, batch, outputs, seconds):
-                    reason, image = self._check(item, out)
-                    timings = {"synth_s": synth_s, **{k: float(v) for k, v in (out.timings or {}).items()}}
-                    if reason:
-                        rows.append(self._row(item, shard, "rejected", reason, attempt, timings))
-                        if attempt + 1 < self.cfg.max_attempts:
-                            retry.append((orig, sample, labels))
-                        else:
-                            counts["rejected"] += 1
-                        continue
-                    writer.add(item.key, image, labels, self._metadata(item, sample, out, image, attempt))
-                    rows.append(self._row(item, shard, "ok", "", attempt, timings))
-                    counts["ok"] += 1
-                    preview = getattr(self.synth, "preview", None)
-                    if sample.key in self.preview_refs and sample.key not in previews and callable(preview):
-                        img = preview(sample)
-                        if img is not None:
-                            previews[sample.key] = img
-                todo = retry
+                    busy += a.timings.get("synth_s", 0.0)
+                counts[res.status] += 1
+                if res.status != "ok":
+                    continue
+                image = to_uint8(np.asarray(res.output.image))
+                writer.add(item.key, image, labels, self._metadata(item, sample, res, image))
+                preview = getattr(self.synth, "preview", None)
+                if sample.key in self.preview_refs and sample.key not in previews and callable(preview):
+                    img = preview(sample)
+                    if img is not None:
+                        previews[sample.key] = img
             self.items_done += len(items[start : start + self.cfg.batch_size])
             self._maybe_die()
-        # 3. Commit: the tar first (atomic rename), then its manifest part.
+        # 4. Commit: the tar first (atomic rename), then its manifest part.
         written = {w.key: w for w in writer.close()}
         for r in rows:
             if r.status == "ok":
@@ -393,30 +424,12 @@ class GenerateWorker:
         self.manifest.write_part(shard, rows)
         return ShardResult(shard, dict(counts), busy, self.batch_size, previews)
 
-    def _check(self, item: WorkItem, out: SynthOutput) -> tuple[str, np.ndarray | None]:
-        """Reason to reject (empty = accept) and the image. The synthesizer already turns NaN
-        into an error; ``faults.nan_keys`` simulates that here for any synthesizer."""
-        image = out.image
-        if item.key in self.cfg.faults.nan_keys and image is not None:
-            image = np.full(image.shape, np.nan, np.float32)
-        if image is None:
-            return (out.error or "synthesizer returned no image"), None
-        image = np.asarray(image)
-        if image.dtype.kind == "f" and not np.isfinite(image).all():
-            return "nonfinite: NaN/inf values in the synthesised image", None
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            return f"synthesised image must be HxWx3 uint8, got {image.dtype} {image.shape}", None
-        if self.cfg.min_image_std > 0 and float(image.std()) < self.cfg.min_image_std:
-            return (
-                f"near-constant image (std {image.std():.2f} < min_image_std {self.cfg.min_image_std})",
-                None,
-            )
-        return "", image
-
     def _metadata(
-        self, item: WorkItem, sample: Sample, out: SynthOutput, image: np.ndarray, attempt: int
+        self, item: WorkItem, sample: Sample, res: SampleResult, image: np.ndarray
     ) -> dict[str, Any]:
-        """Deterministic per-sample metadata (no timings: shards must be byte-reproducible)."""
+        """Deterministic per-sample metadata. No timings: shards must be byte-reproducible
+        across reruns and actor counts, so timings live in the manifest (one row per attempt)."""
+        out = res.output
         return {
             "key": item.key,
             "source_key": sample.key,
@@ -425,12 +438,12 @@ class GenerateWorker:
             "prompt": out.prompt,
             "negative_prompt": out.negative_prompt,
             "seed": int(out.seed),
-            "attempt": attempt,
+            "attempt": res.attempts[-1].attempt,
             "job_seed": self.cfg.seed,
             "image_size": [int(image.shape[0]), int(image.shape[1])],
             "label_size": list(sample.size),
             "source": {k: v for k, v in sample.meta.items() if isinstance(v, str | int | float | bool)},
-            "quality": {"std": round(float(image.std()), 4), "nonfinite": int(getattr(out, "nonfinite", 0))},
+            "quality": _plain(res.quality.scores),
             "models": self.signature,
         }
 
@@ -442,6 +455,8 @@ class GenerateWorker:
         reason: str,
         attempt: int = 0,
         timings: dict[str, float] | None = None,
+        *,
+        seed: int | None = None,
     ) -> ManifestRow:
         return ManifestRow(
             key=item.key,
@@ -450,12 +465,30 @@ class GenerateWorker:
             shard=shard,
             status=status,  # type: ignore[arg-type]
             reason=reason,
-            seed=item.seed,
+            seed=item.seed if seed is None else seed,
             attempt=attempt,
             run_id=self.run_id,
             worker=self.name,
             timings=timings or {},
         )
+
+
+def load_segmenter(cfg: QualityConfig) -> Any:
+    """The configured label-consistency segmenter (``quality.segmenter``), or None."""
+    if cfg.segmenter is None:
+        return None
+    from factory.quality.segmenter import Segmenter
+
+    return Segmenter.load(cfg.segmenter)
+
+
+def _trainids(sample: Sample) -> np.ndarray | None:
+    """The reference's labels as trainIds for the label-consistency score (None: no labels)."""
+    if sample.semantic is not None:
+        from factory.data.labels import id_to_trainid
+
+        return id_to_trainid(sample.semantic)
+    return sample.trainids
 
 
 def _plain(obj: Any) -> Any:
@@ -497,6 +530,7 @@ def run(cfg: GenerateConfig, on_event: Callable[[str, Any], None] | None = None)
         os.environ["TQDM_DISABLE"] = "1"
     # 1. Plan (fails fast on a bad dataset or prompt file, before Ray starts).
     variants = cfg.variants.build()
+    load_segmenter(cfg.quality)  # a missing or unreadable segmenter fails here, not in every actor
     refs = list_references(cfg.dataset)
     if not refs:
         raise RuntimeError(f"{cfg.dataset.root}: no references found for split {cfg.dataset.split!r}")
@@ -516,6 +550,7 @@ def run(cfg: GenerateConfig, on_event: Callable[[str, Any], None] | None = None)
                 [cfg.synthesizer, to_dict(cfg.synth), cfg.condition, [to_dict(v) for v in variants]]
             ),
             "image_format": cfg.shards.image_format,
+            "quality": digest(to_dict(cfg.quality)),  # thresholds decide which attempt is shipped
         },
     )
     manifest = Manifest(out / "manifest")
@@ -583,8 +618,6 @@ def run(cfg: GenerateConfig, on_event: Callable[[str, Any], None] | None = None)
 
 
 def _with_out(cfg: GenerateConfig, out: Path) -> GenerateConfig:
-    import dataclasses
-
     return dataclasses.replace(cfg, out=out)
 
 

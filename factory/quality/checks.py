@@ -10,6 +10,7 @@ synthetic image is scored against the reused labels (mIoU over the classes prese
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -34,12 +35,16 @@ class QualityConfig:
     min_label_miou: reject when the segmenter's mIoU against the reused labels is below this;
       None records the score without gating on it. Needs a segmenter.
     max_attempts: attempts per sample (first try + retries with new seeds); >= 1.
+    segmenter: a saved ``Segmenter`` (``path`` of ``path.safetensors`` + ``path.json``) for the
+      label-consistency score. Read by the jobs, which load it once per actor; the functions
+      below take the loaded segmenter as an argument.
     """
 
     min_std: float = 4.0
     dark_mean: float = 8.0
     min_label_miou: float | None = None
     max_attempts: int = 3
+    segmenter: Path | None = None
 
     def __post_init__(self) -> None:
         check(self.min_std >= 0, "min_std", f"must be >= 0, got {self.min_std}")
@@ -63,8 +68,8 @@ class QualityResult:
     scores: dict[str, Any] = field(default_factory=dict)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """Float images are taken as [0, 1] RGB (already checked finite)."""
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float images are taken as [0, 1] RGB (already checked finite); uint8 passes through."""
     if image.dtype == np.uint8:
         return image
     return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -116,14 +121,14 @@ def check_sample(
         scores["nonfinite"] = bad
         if bad:
             return QualityResult(False, f"nonfinite: {bad} of {image.size} values are NaN/inf", scores)
-    pixels = _to_uint8(image).astype(np.float32)
+    pixels = to_uint8(image).astype(np.float32)
     std, mean = float(pixels.std()), float(pixels.mean())
     scores.update(std=round(std, 4), mean=round(mean, 4))
     if std < cfg.min_std:
         kind = "black" if mean < cfg.dark_mean else "constant"
         return QualityResult(False, f"{kind}: pixel std {std:.2f} < min_std {cfg.min_std}", scores)
     if labels is not None and segmenter is not None:
-        score = label_consistency(_to_uint8(image), labels, segmenter, labelids=labelids)
+        score = label_consistency(to_uint8(image), labels, segmenter, labelids=labelids)
         scores["label_miou"] = None if np.isnan(score) else round(score, 6)
         if cfg.min_label_miou is not None and not (score >= cfg.min_label_miou):
             return QualityResult(
@@ -164,4 +169,5 @@ __all__ = [
     "check_output",
     "check_sample",
     "label_consistency",
+    "to_uint8",
 ]

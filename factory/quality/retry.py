@@ -74,7 +74,7 @@ def classify(quality: QualityResult) -> Status:
 def synthesize_with_retries(
     synth: Callable[..., list[SynthOutput]],
     work: Sequence[tuple[SampleRef, Variant]],
-    condition: torch.Tensor,
+    condition: torch.Tensor | None = None,
     *,
     job_seed: int,
     cfg: QualityConfig | None = None,
@@ -82,19 +82,25 @@ def synthesize_with_retries(
     segmenter: SegmenterLike | None = None,
     labelids: bool = False,
     batch_size: int | None = None,
+    samples: Sequence[Any] | None = None,
 ) -> list[SampleResult]:
     """Generate each (ref, variant), check it, retry rejected ones up to ``cfg.max_attempts``.
 
-    synth: a ``Synthesizer`` (or anything with its call signature). condition: [N, C, H, W],
-    row i for ``work[i]``. labels: per item, the reused labels to score (trainIds, or labelIds
-    with ``labelids=True``) or None. Results come back in the order of ``work``.
+    synth: a ``Synthesizer`` (or anything with its call signature:
+    ``synth(items, condition, *, samples=..., batch_size=...)``). condition: [N, C, H, W], row i
+    for ``work[i]``, or None to let ``synth`` compute it from ``samples`` (the loaded
+    references, item i for ``work[i]``; the generation job passes these). labels: per item, the
+    reused labels to score (trainIds, or labelIds with ``labelids=True``) or None. Results come
+    back in the order of ``work``.
     """
     cfg = cfg or QualityConfig()
     n = len(work)
-    if condition.shape[0] != n:
+    if condition is not None and condition.shape[0] != n:
         raise ValueError(f"condition has {condition.shape[0]} rows for {n} work items")
     if labels is not None and len(labels) != n:
         raise ValueError(f"labels has {len(labels)} entries for {n} work items")
+    if samples is not None and len(samples) != n:
+        raise ValueError(f"samples has {len(samples)} entries for {n} work items")
     attempts: list[list[Attempt]] = [[] for _ in range(n)]
     last: list[tuple[SynthOutput, QualityResult] | None] = [None] * n
     pending = list(range(n))
@@ -105,8 +111,12 @@ def synthesize_with_retries(
             WorkItem(work[i][0], work[i][1], retry_seed(job_seed, work[i][0].key, work[i][1].name, attempt))
             for i in pending
         ]
-        kwargs = {"batch_size": batch_size} if batch_size else {}
-        outputs = synth(items, condition[pending], **kwargs)
+        kwargs: dict[str, Any] = {"batch_size": batch_size} if batch_size else {}
+        if samples is not None:
+            kwargs["samples"] = [samples[i] for i in pending]
+        outputs = synth(items, condition[pending] if condition is not None else None, **kwargs)
+        if len(outputs) != len(items):
+            raise RuntimeError(f"synthesizer returned {len(outputs)} outputs for {len(items)} items")
         retry = []
         for i, out in zip(pending, outputs):
             gt = labels[i] if labels is not None else None

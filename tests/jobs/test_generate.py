@@ -160,6 +160,9 @@ def test_bad_samples_are_recorded_and_the_rest_completes(city_root, ray_local, t
         (["synth.guidance_scale=-1"], "guidance_scale"),
         (["shards.image_format=gif"], "image_format"),
         (["ray.in_flight_per_actor=0"], "in_flight_per_actor"),
+        (["quality.max_attempts=0"], "quality.max_attempts"),
+        (["quality.min_std=-1"], "quality.min_std"),
+        (["max_attempts=2"], "unknown key max_attempts"),
     ],
 )
 def test_config_errors_name_the_field_before_any_work(city_root, tmp_path, extra, field):
@@ -206,7 +209,7 @@ def test_real_synthesizer_tiny_models_through_the_job(city_root, ray_local, tmp_
     """The LUMEN Synthesizer (tiny models, Canny condition, 2 steps) end to end; with OOM at
     batch > 2 the shards equal a batch-1 run's (per-sample generators)."""
     real = ["synthesizer=lumen", "synth.base_model=tiny", "synth.steps=2", "synth.device=cpu",
-            "synth.scheduler=ddim", "condition.kind=canny", "condition.device=cpu", "min_image_std=0",
+            "synth.scheduler=ddim", "condition.kind=canny", "condition.device=cpu", "quality.min_std=0",
             "ray.num_actors=1", "samples_per_shard=4"]  # fmt: skip
     one = run(make_cfg(city_root, tmp_path / "b1", *real, "batch_size=1", limit=2))
     oom = run(
@@ -217,3 +220,59 @@ def test_real_synthesizer_tiny_models_through_the_job(city_root, ray_local, tmp_
     sample = next(read_shard_samples(sorted((tmp_path / "b1" / "shards").glob("*.tar"))))
     meta = json.loads(sample["json"])
     assert meta["models"]["base_model"]["ref"] == "tiny" and meta["models"]["sampler"]["steps"] == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter(tmp_path_factory) -> Path:
+    """A barely trained segmenter (seconds): enough to give a real, reproducible score."""
+    from factory.quality.segmenter import Segmenter, SegmenterConfig
+
+    path = tmp_path_factory.mktemp("segmenter") / "seg"
+    cfg = SegmenterConfig(n_scenes=4, steps=3, batch_size=2, width_mult=4, augment=False)
+    Segmenter.train_procedural(cfg).save(path)
+    return path
+
+
+def test_label_consistency_is_scored_against_the_reused_labels_and_gates(
+    city_root, ray_local, tmp_path, tiny_segmenter
+):
+    import cv2
+    import numpy as np
+
+    from factory.quality import label_consistency
+    from factory.quality.segmenter import Segmenter
+
+    seg = ["ray.num_actors=1", f"quality.segmenter={tiny_segmenter}"]
+    scored = run(make_cfg(city_root, tmp_path / "scored", *seg, limit=1))
+    assert scored.counts == {"ok": 2}
+    segmenter = Segmenter.load(tiny_segmenter)
+    for s in read_shard_samples(sorted((tmp_path / "scored" / "shards").glob("*.tar"))):
+        meta = json.loads(s["json"])
+        image = cv2.imdecode(np.frombuffer(s["png"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        labels = cv2.imdecode(np.frombuffer(s["labelids.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        expected = label_consistency(np.ascontiguousarray(image), labels, segmenter, labelids=True)
+        assert meta["quality"]["label_miou"] == pytest.approx(expected, abs=1e-6)
+        assert 0.0 <= meta["quality"]["label_miou"] < 1.0
+
+    # An unreachable threshold: every attempt is rejected for label consistency, with new seeds.
+    gated = run(
+        make_cfg(
+            city_root,
+            tmp_path / "gated",
+            *seg,
+            "quality.min_label_miou=1.0",
+            "quality.max_attempts=2",
+            limit=1,
+        )
+    )
+    assert gated.counts == {"rejected": 2}
+    rows = Manifest(tmp_path / "gated" / "manifest").rows()
+    assert len(rows) == 4 and all(r["reason"].startswith("label_consistency:") for r in rows)
+    assert sorted(r["attempt"] for r in rows) == [0, 0, 1, 1]
+    assert len({r["seed"] for r in rows}) == 4
+    assert list(read_shard_samples(sorted((tmp_path / "gated" / "shards").glob("*.tar")))) == []
+
+
+def test_label_gate_without_segmenter_is_a_config_error(city_root, tmp_path):
+    with pytest.raises(ConfigError, match="quality.segmenter"):
+        make_cfg(city_root, tmp_path / "out", "quality.min_label_miou=0.5")

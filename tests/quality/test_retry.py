@@ -115,3 +115,21 @@ def test_nan_model_is_retried_then_rejected_with_the_real_synthesizer():
         assert [a.reason.split(":")[0] for a in r.attempts] == ["nonfinite", "nonfinite"]
         assert [a.seed for a in r.attempts] == [retry_seed(0, ref.key, v.name, a) for a in (0, 1)]
         assert r.attempts[0].timings["total_s"] > 0
+
+
+def test_without_a_condition_the_synthesizer_gets_the_samples_of_the_pending_items():
+    """The generation job's path: no precomputed condition; retries pass only their samples."""
+    work = [(r, FOG) for r in refs(3)]
+    black = {retry_seed(1, work[1][0].key, "fog", 0)}
+    seen: list[list[str]] = []
+
+    def synth(items, condition, *, samples):
+        assert condition is None
+        seen.append(list(samples))
+        return SeedImages(black)(items, torch.zeros(len(items), 1, 8, 16))
+
+    res = synthesize_with_retries(synth, work, job_seed=1, samples=["s0", "s1", "s2"])
+    assert seen == [["s0", "s1", "s2"], ["s1"]]
+    assert [r.status for r in res] == ["ok", "ok", "ok"] and len(res[1].attempts) == 2
+    with pytest.raises(ValueError, match="samples has 2 entries for 3"):
+        synthesize_with_retries(synth, work, job_seed=1, samples=["s0", "s1"])
