@@ -1,0 +1,135 @@
+"""factory.data.shards: our shards (written by the real ShardWriter) listed as SampleRefs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from factory.data.cityscapes import list_cityscapes, load_sample
+from factory.data.datasets import DatasetConfig, list_samples
+from factory.data.sample import DataError
+from factory.data.shards import list_shards
+from factory.shards import ShardWriter, label_files
+
+
+def _write_shards(city: Path, folder: Path) -> dict[str, tuple]:
+    """shard-000000: two synthetic variants of the first reference; shard-000001: the second
+    reference itself (variant "ref"), as downstream's reference shards are. Returns, per key,
+    (reference SampleRef, the image written)."""
+    refs = list_cityscapes(city / "cityscapes", "train").refs[:2]
+    written = {}
+    w = ShardWriter(folder / "shard-000000.tar")
+    for i, variant in enumerate(("fog", "night")):
+        ref = refs[0]
+        image = np.clip(load_sample(ref, labels=False).image.astype(int) + 30 * (i + 1), 0, 255).astype(
+            np.uint8
+        )
+        key = f"{ref.key}__{variant}"
+        meta = {"source_key": ref.key, "variant": variant, "source": dict(ref.meta)}
+        w.add(key, image, label_files(ref), meta)
+        written[key] = (ref, image)
+    w.close()
+    w = ShardWriter(folder / "shard-000001.tar")
+    ref = refs[1]
+    image = load_sample(ref, labels=False).image
+    w.add(
+        ref.key, image, label_files(ref), {"source_key": ref.key, "variant": "ref", "source": dict(ref.meta)}
+    )
+    w.close()
+    written[ref.key] = (ref, image)
+    return written
+
+
+def test_listed_shard_samples_load_with_the_references_labels(small_city, tmp_path):
+    root = tmp_path / "shards"
+    written = _write_shards(small_city, root / "train")
+    result = list_samples(DatasetConfig(kind="shards", root=root, split="train"))
+    assert [r.key for r in result.refs] == sorted(written) and result.bad == []
+    for ref in result.refs:
+        src, image = written[ref.key]
+        sample = load_sample(ref)
+        reference = load_sample(src)
+        np.testing.assert_array_equal(sample.image, image)
+        np.testing.assert_array_equal(sample.semantic, reference.semantic)
+        np.testing.assert_array_equal(sample.instance, reference.instance)
+        np.testing.assert_array_equal(sample.disparity, reference.disparity)
+        assert sample.boxes3d == reference.boxes3d and sample.camera == reference.camera
+        for kind in ("labelids", "instanceids", "disparity", "boxes3d", "camera"):
+            assert ref.paths[kind].read_bytes() == src.paths[kind].read_bytes()  # byte for byte
+        assert ref.meta["dataset"] == "shards" and ref.meta["split"] == "train"
+        assert ref.meta["source_key"] == src.key and ref.meta["city"] == src.meta["city"]
+        assert ref.meta["shard"].endswith(".tar")
+    conditions = {r.key: r.meta["condition"] for r in result.refs}
+    assert sorted(conditions.values()) == ["clear", "fog", "night"]
+
+
+def test_extraction_is_reused_and_renewed_when_a_shard_is_rewritten(small_city, tmp_path):
+    root = tmp_path / "shards"
+    _write_shards(small_city, root)  # no split folder: the shards lie in root itself
+    first = list_shards(root, "train")
+    again = list_shards(root, "train")
+    assert [r.paths for r in first.refs] == [r.paths for r in again.refs]
+    extracted = sorted(p.name for p in (root / ".extracted").iterdir())
+    assert len(extracted) == 2 and not [n for n in extracted if ".tmp-" in n]
+
+    old = first.refs[-1].paths["image"].parent
+    w = ShardWriter(root / "shard-000001.tar")  # a rerun rewrites shard 1 with other pixels
+    key = first.refs[-1].key
+    w.add(key, np.zeros((64, 128, 3), np.uint8), {}, {"source_key": key, "variant": "ref"})
+    w.close()
+    renewed = {r.key: r for r in list_shards(root, "train").refs}
+    assert renewed[key].paths["image"].parent != old and not old.exists()
+    assert load_sample(renewed[key], labels=False).image.max() == 0
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda b: b"x" * 100 + b[100:], "not a readable tar shard"),  # a damaged header
+        (lambda b: b[: len(b) // 2 // 512 * 512], "truncated tar"),
+        (lambda b: b[: len(b) // 2 + 7], "truncated tar"),
+    ],
+)
+def test_a_corrupt_shard_is_a_data_error_naming_it_or_skipped(small_city, tmp_path, damage, problem):
+    root = tmp_path / "shards"
+    written = _write_shards(small_city, root)
+    bad = root / "shard-000000.tar"
+    bad.write_bytes(damage(bad.read_bytes()))
+    with pytest.raises(DataError, match=problem) as err:
+        list_shards(root, "train")
+    assert err.value.path == bad
+    result = list_shards(root, "train", on_error="skip")
+    assert [r.key for r in result.refs] == [k for k in sorted(written) if "__" not in k]
+    assert [b.path for b in result.bad] == [bad] and problem in result.bad[0].reason
+    assert not [p for p in (root / ".extracted").iterdir() if p.name.startswith("shard-000000")]
+
+
+def test_a_sample_without_image_or_a_duplicate_key_is_a_data_error(small_city, tmp_path):
+    root = tmp_path / "shards"
+    _write_shards(small_city, root)
+    w = ShardWriter(root / "shard-000002.tar")
+    w.add_members("layout_only", {"layout.npy": b"\x00" * 8, "json": b"{}"})
+    w.close()
+    with pytest.raises(DataError, match="'layout_only' lacks image"):
+        list_shards(root, "train")
+    (root / "shard-000002.tar").unlink()
+
+    key = list_shards(root, "train").refs[0].key
+    w = ShardWriter(root / "shard-000003.tar")
+    w.add(key, np.zeros((64, 128, 3), np.uint8), {}, {"variant": "fog"})
+    w.close()
+    with pytest.raises(DataError, match=f"{key}' is also in .*shard-000000.tar") as err:
+        list_shards(root, "train")
+    assert err.value.path == root / "shard-000003.tar"
+    skipped = list_shards(root, "train", on_error="skip")
+    assert len(skipped.refs) == 3 and [b.path for b in skipped.bad] == [root / "shard-000003.tar"]
+
+
+def test_an_empty_or_missing_folder_says_what_to_fix(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        list_shards(tmp_path / "nope", "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .tar shards"):
+        list_shards(tmp_path / "empty", "train")
