@@ -257,10 +257,10 @@ class Demo:
         from downstream.benchmarks import dg
 
         out = self.out / "dg"
+        os.environ["CITY_ROOT"] = str(self.city)  # the procedural dataset config reads its roots from here
         result = self._call(
             dg.main,
             ["--config", "configs/downstream/segformer_tiny_procedural-64x128.py",
-             "--data-root", str(self.city),
              "--lumen", str(self.out / "generate" / "shards" / "*.tar"),
              "--ratio", str(self.cfg.dg_ratio), "--seeds", *map(str, self.cfg.dg_seeds),
              "--max-iters", str(self.cfg.dg_max_iters), "--pca-meta", f"{self.pca}.json",
