@@ -350,7 +350,9 @@ def render_report(out: Path, r: dict[str, Any]) -> str:
         "",
         "## Models",
         "",
-        f"- base model: {r['base'].get('steps', r['base'])}",
+        f"- base model: {r['base'].get('unet_steps_done')} U-Net steps; timings (s): {r['base'].get('timings')}",
+        f"- ControlNets: layout {r['controlnet_layout'].get('steps')} steps, "
+        f"Canny {r['controlnet_canny'].get('steps')} steps (same budget)",
         f"- mixes evaluated: {', '.join(mixes)}",
         "",
     ]
