@@ -32,26 +32,29 @@ def city_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One in-process local Ray instance shared by every test that needs Ray.
+def ray_local() -> str:
+    """One in-process local Ray instance shared by every test that needs Ray; yields the
+    dashboard address.
 
     The dashboard runs (on a free port, so parallel sessions do not meet) because Ray's state
     API (``ray.util.state.list_actors``, used to find an actor's process to kill) is served by it.
+    A Ray left running by an earlier in-process job is replaced, so the options here always hold.
     """
     import socket
 
     import ray
 
-    if not ray.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dashboard_port = s.getsockname()[1]
-        ray.init(
-            num_cpus=2,
-            include_dashboard=True,
-            dashboard_port=dashboard_port,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]
+    context = ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield f"http://{context.dashboard_url}"
     ray.shutdown()

@@ -21,7 +21,8 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,24 @@ def init_ray(cfg: RayConfig) -> Any:
     else:
         ray.init(num_cpus=cfg.local_cpus or os.cpu_count() or 1, include_dashboard=False)
     return ray
+
+
+@contextmanager
+def shutdown_ray_we_started() -> Iterator[None]:
+    """Shut down a local Ray that the job started, on the way out of a CLI ``main``.
+
+    A job run in-process (the demo, tests) must not leave its Ray behind: the next caller would
+    silently reuse a Ray started with other options (no dashboard, other CPU count). A Ray that
+    was already running when the job began belongs to the caller and stays up.
+    """
+    import ray
+
+    already = ray.is_initialized()
+    try:
+        yield
+    finally:
+        if not already and ray.is_initialized():
+            ray.shutdown()
 
 
 @dataclass
@@ -283,6 +302,7 @@ __all__ = [
     "check_plan",
     "digest",
     "init_ray",
+    "shutdown_ray_we_started",
     "plan_actors",
     "run_actor_pool",
     "shard_name",

@@ -48,6 +48,7 @@ from factory.jobs.common import (
     plan_actors,
     run_actor_pool,
     shard_name,
+    shutdown_ray_we_started,
     split_into_shards,
 )
 from factory.layout.neural import LayoutConfig
@@ -302,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(ExtractConfig, args.config, args.overrides)
-    s = run(cfg)
+    with shutdown_ray_we_started():
+        s = run(cfg)
     print(json.dumps({"out": str(s.out), "pca": str(s.pca), "fitted": s.fitted, "counts": s.counts}))
     return 0
 

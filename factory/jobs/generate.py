@@ -56,6 +56,7 @@ from factory.jobs.common import (
     plan_actors,
     run_actor_pool,
     shard_name,
+    shutdown_ray_we_started,
     split_into_shards,
 )
 from factory.quality import QualityConfig, SampleResult, synthesize_with_retries
@@ -720,7 +721,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(GenerateConfig, args.config, args.overrides)
-    summary = run(cfg)
+    with shutdown_ray_we_started():
+        summary = run(cfg)
     print(
         json.dumps(
             {

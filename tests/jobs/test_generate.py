@@ -287,7 +287,9 @@ def _sample_members(out: Path) -> dict[str, dict[str, bytes]]:
 
 
 @pytest.mark.slow
-def test_actor_killed_from_outside_is_replaced_and_its_shards_reassigned(baseline, city_root, tmp_path):
+def test_actor_killed_from_outside_is_replaced_and_its_shards_reassigned(
+    baseline, city_root, ray_local, tmp_path
+):
     """Fault (a) as an operator or the OOM killer causes it: SIGKILL to a live actor's process,
     found through Ray's state API, while the job runs in a driver thread."""
     import threading
@@ -314,6 +316,7 @@ def test_actor_killed_from_outside_is_replaced_and_its_shards_reassigned(baselin
     while time.time() < deadline and driver.is_alive():
         if manifest.done_shards():
             actors = list_actors(
+                address=ray_local,
                 filters=[("class_name", "=", "GenerateWorker"), ("state", "=", "ALIVE")],
                 raise_on_missing_output=False,
             )
