@@ -60,6 +60,10 @@ city:  ## write the procedural city (Cityscapes + ACDC layouts) under data/
 demo:  ## the whole paper in miniature, offline, on a CPU
 	$(PY) -m factory.demo --out $(OUT)/demo
 
+bench:  ## CPU benchmarks (tiny models): layout extraction, generation job vs model-only loop
+	$(PY) bench/bench_layout.py
+	$(PY) bench/bench_generate.py --write-docs
+
 # ---- local Ray cluster (issue 5) -------------------------------------------------------------
 # Ray 2.60 turns token authentication on for clusters it starts. We pin it explicitly: the
 # token lives in $(CLUSTER_DIR)/auth_token and RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH are exported to

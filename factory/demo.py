@@ -133,6 +133,7 @@ class Demo:
                     self.results[name] = done["result"]
                     continue
             print(f"\n{'=' * 78}\n{banner}\n{'=' * 78}", flush=True)
+            self._prepare_outputs(name)
             t0 = time.perf_counter()
             result = getattr(self, f"stage_{name}")()
             seconds = time.perf_counter() - t0
@@ -143,6 +144,39 @@ class Demo:
         print(f"\ndemo finished in {total / 60:.1f} min; report: {self.out / 'report.md'}")
         return self.results
 
+    def stage_outputs(self, name: str) -> list[Path]:
+        """The folders a stage writes (and nothing else writes)."""
+        return {
+            "city": [self.city],
+            "judge": [self.judge],
+            "base": [self.base],
+            "layouts": [self.out / "layouts"],
+            "controlnet_layout": [self.controlnet("layout")],
+            "controlnet_canny": [self.controlnet("canny")],
+            "alignment": [self.out / "alignment"],
+            "generate": [self.out / "generate"],
+            "dg": [self.out / "dg"],
+            "report": [],
+        }[name]
+
+    def _prepare_outputs(self, name: str) -> None:
+        """Keep a stage's partial outputs only when they came from the same inputs.
+
+        The stage commands resume (training from its last checkpoint, jobs from their manifest),
+        which is what an interrupted demo wants; but outputs left by a run with other inputs (a
+        changed budget, a retrained base model) would be resumed as if they were current - e.g. a
+        PCA fitted on the old base model's features. So a ``<name>.started`` marker records the
+        fingerprint a stage began with; a different or missing one wipes the stage's folders.
+        """
+        started = self.out / "stages" / f"{name}.started"
+        same = started.is_file() and started.read_text().strip() == self.fingerprint
+        if not same or name in self.force:
+            for path in self.stage_outputs(name):
+                if path.exists():
+                    print(f"  removing stale outputs {path}", flush=True)
+                    shutil.rmtree(path)
+        started.write_text(self.fingerprint + "\n")
+
     def _call(self, main: Callable[[list[str]], Any], argv: list[str]) -> Any:
         print("$ python -m", main.__module__, " ".join(argv), flush=True)
         return main(argv)
@@ -152,7 +186,7 @@ class Demo:
         from factory.data import procedural
 
         if self.city.exists():
-            shutil.rmtree(self.city)  # a half-written city from an interrupted run
+            shutil.rmtree(self.city)  # seconds to regenerate: never resume a half-written city
         c = self.cfg
         self._call(
             procedural.main,
