@@ -189,7 +189,9 @@ class PCAArtifact:
             "eigenvalues": self.eigenvalues.double().contiguous(),
         }
         tmp = st_path.with_name(f".{st_path.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata={"format": "lumen-pca", "version": str(FORMAT_VERSION)})
+        # One metadata key: safetensors writes its metadata map in hash order, so two keys
+        # would make two fits of the same data differ in their header bytes.
+        save_file(tensors, str(tmp), metadata={"format": f"lumen-pca/{FORMAT_VERSION}"})
         os.replace(tmp, st_path)
         sidecar = {
             "format": "lumen-pca",
