@@ -11,36 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
+from factory.data.labels import (
+    CLASS_NAMES,
+    ID_TO_TRAINID,
+    IGNORE_INDEX,
+    MAX_LABEL_ID,
+    NUM_CLASSES,
+    TRAINID_COLOURS,
+    TRAINID_TO_ID,
+)
 from factory.data.sample import DataError
 
-IGNORE_INDEX = 255
-NUM_CLASSES = 19
-MAX_LABEL_ID = max(lab.id for lab in _CS_LABELS)  # 33
-
-# The 19 evaluated classes, in trainId order.
-CLASSES: tuple[str, ...] = tuple(
-    lab.name for lab in sorted(_CS_LABELS, key=lambda x: x.trainId) if 0 <= lab.trainId < NUM_CLASSES
-)
-PALETTE: list[list[int]] = [
-    list(lab.color) for lab in sorted(_CS_LABELS, key=lambda x: x.trainId) if 0 <= lab.trainId < NUM_CLASSES
-]
-
-
-def _build_luts() -> tuple[np.ndarray, np.ndarray]:
-    to_train = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    to_label = np.zeros(256, dtype=np.uint8)  # trainId 255 -> labelId 0 ("unlabeled")
-    for lab in _CS_LABELS:
-        if 0 <= lab.id <= 255:
-            tid = lab.trainId
-            to_train[lab.id] = tid if 0 <= tid < NUM_CLASSES else IGNORE_INDEX
-        if 0 <= lab.trainId < NUM_CLASSES and lab.id >= 0:
-            to_label[lab.trainId] = lab.id
-    return to_train, to_label
-
-
-LABELID_TO_TRAINID, TRAINID_TO_LABELID = _build_luts()
+# mmseg's dataset metainfo: the 19 evaluated classes in trainId order and their colours. The
+# tables themselves live in factory.data.labels (built from cityscapesscripts), shared with the factory.
+CLASSES: tuple[str, ...] = CLASS_NAMES
+PALETTE: list[list[int]] = [[int(c) for c in TRAINID_COLOURS[t]] for t in range(NUM_CLASSES)]
+LABELID_TO_TRAINID = ID_TO_TRAINID
+TRAINID_TO_LABELID = TRAINID_TO_ID
 
 
 def check_labelids(labels: np.ndarray, path: str | Path) -> None:

@@ -6,7 +6,6 @@ Cityscapes or ACDC lister (or the shard reader) and applies ``limit``.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,6 +14,7 @@ from factory.config import check
 from factory.data.acdc import CONDITIONS, list_acdc
 from factory.data.cityscapes import list_cityscapes
 from factory.data.sample import ReadResult
+from factory.data.shards import list_shards
 
 
 @dataclass
@@ -50,13 +50,7 @@ def list_samples(cfg: DatasetConfig) -> ReadResult:
     elif cfg.kind == "acdc":
         result = list_acdc(cfg.root, cfg.split, conditions=tuple(cfg.conditions), on_error=cfg.on_error)
     else:
-        try:
-            shards = importlib.import_module("factory.data.shards")
-        except ModuleNotFoundError as e:
-            raise NotImplementedError(
-                "kind='shards' needs factory.data.shards, which is not available"
-            ) from e
-        result = shards.list_shards(cfg.root, split=cfg.split, on_error=cfg.on_error)
+        result = list_shards(cfg.root, split=cfg.split, on_error=cfg.on_error)
     if cfg.limit:
         result = ReadResult(result.refs[: cfg.limit], result.bad)
     return result

@@ -23,34 +23,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from factory.config import check
+from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.sample import SampleRef
 from factory.shards import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DatasetSpec:
-    """Which references to re-synthesise (mirrors factory.data's DatasetConfig)."""
-
-    kind: str = "cityscapes"
-    root: Path = Path("data/procedural/cityscapes")
-    split: str = "train"
-    conditions: list[str] = field(default_factory=lambda: ["fog", "night", "rain", "snow"])
-    limit: int = 0
-
-    def __post_init__(self) -> None:
-        check(
-            self.kind in ("cityscapes", "acdc"), "kind", f"must be 'cityscapes' or 'acdc', got {self.kind!r}"
-        )
-        check(self.limit >= 0, "limit", f"must be >= 0 (0 = all), got {self.limit}")
 
 
 @dataclass
@@ -145,20 +129,15 @@ def plan_actors(cfg: RayConfig, n_shards: int) -> ActorPlan:
 _KEY_FROM_FILE = re.compile(r"^(.+?)_(leftImg8bit|gtFine|disparity|camera|gtBbox3d|rgb_anon|gt_)")
 
 
-def list_references(spec: DatasetSpec) -> list[SampleRef]:
+def list_references(cfg: DatasetConfig) -> list[SampleRef]:
     """References sorted by key, including the ones the reader could not list completely.
 
     A reference with a missing label file is still planned (with ``meta['listing_error']``):
     each of its variants then gets a ``failed`` row naming the file, so the manifest accounts for
-    every (reference, variant) and a user sees what to fix.
+    every (reference, variant) and a user sees what to fix. Bad files are never fatal here,
+    whatever ``cfg.on_error`` says: a job records them and goes on.
     """
-    from factory.data.acdc import list_acdc
-    from factory.data.cityscapes import list_cityscapes
-
-    if spec.kind == "cityscapes":
-        result = list_cityscapes(spec.root, spec.split, on_error="skip")
-    else:
-        result = list_acdc(spec.root, spec.split, conditions=spec.conditions, on_error="skip")
+    result = list_samples(replace(cfg, on_error="skip", limit=0))
     refs = {r.key: r for r in result.refs}
     for bad in result.bad:
         m = _KEY_FROM_FILE.match(Path(bad.path).name)
@@ -167,7 +146,7 @@ def list_references(spec: DatasetSpec) -> list[SampleRef]:
             continue
         refs[m.group(1)] = SampleRef(m.group(1), {"image": Path(bad.path)}, {"listing_error": bad.reason})
     ordered = [refs[k] for k in sorted(refs)]
-    return ordered[: spec.limit] if spec.limit else ordered
+    return ordered[: cfg.limit] if cfg.limit else ordered
 
 
 def shard_name(index: int) -> str:
@@ -295,7 +274,6 @@ def run_actor_pool(
 
 __all__ = [
     "ActorPlan",
-    "DatasetSpec",
     "list_references",
     "PoolStats",
     "RayConfig",

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from factory.config import check, load_config, to_dict
+from factory.data.datasets import DatasetConfig
 from factory.data.sample import DataError, SampleRef
 from factory.jobs.common import (
-    DatasetSpec,
     RayConfig,
     check_plan,
     digest,
@@ -62,7 +62,7 @@ class ExtractConfig:
     """The extraction job: which references, how layouts are computed, how work is split."""
 
     out: Path
-    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     samples_per_shard: int = 64
     ray: RayConfig = field(default_factory=RayConfig)

@@ -45,9 +45,9 @@ import numpy as np
 
 from factory.conditions import ConditionConfig
 from factory.config import check, load_config, to_dict
+from factory.data.datasets import DatasetConfig
 from factory.data.sample import DataError, Sample, SampleRef
 from factory.jobs.common import (
-    DatasetSpec,
     RayConfig,
     check_plan,
     digest,
@@ -103,7 +103,7 @@ class GenerateConfig:
     ``segmenter`` whose label-consistency score is recorded (and gated on with ``min_label_miou``)."""
 
     out: Path
-    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     variants: VariantsConfig = field(default_factory=VariantsConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     condition: ConditionConfig | None = None  # required by synthesizer "lumen"

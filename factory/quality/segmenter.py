@@ -31,9 +31,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from factory.config import check
+from factory.data.labels import IGNORE_INDEX, NUM_CLASSES, id_to_trainid
 
-NUM_CLASSES = 19  # Cityscapes trainIds 0..18
-IGNORE = 255
+IGNORE = IGNORE_INDEX  # trainId of void pixels
 
 
 @dataclass
@@ -249,14 +249,8 @@ def render_training_set(cfg: SegmenterConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def labelids_to_trainids(labelids: np.ndarray) -> np.ndarray:
-    """Cityscapes labelIds -> trainIds (255 = ignore), via cityscapesscripts' label table."""
-    from cityscapesscripts.helpers.labels import labels
-
-    lut = np.full(256, IGNORE, np.uint8)
-    for lab in labels:
-        if 0 <= lab.id < 256 and 0 <= lab.trainId < NUM_CLASSES:
-            lut[lab.id] = lab.trainId
-    return lut[np.asarray(labelids, dtype=np.uint8)]
+    """Cityscapes labelIds -> trainIds (255 = ignore); factory.data.labels' cityscapesscripts table."""
+    return id_to_trainid(labelids)
 
 
 def scene_trainids(scene) -> np.ndarray:
@@ -273,15 +267,19 @@ def confusion(pred: np.ndarray, gt: np.ndarray, classes: int = NUM_CLASSES) -> n
     return np.bincount(idx, minlength=classes * classes).reshape(classes, classes)
 
 
-def miou(pred: np.ndarray, gt: np.ndarray, classes: int = NUM_CLASSES) -> float:
-    """Mean IoU over classes present in the ground truth or the prediction (ignore 255)."""
-    cm = confusion(pred, gt, classes)
+def miou_from_confusion(cm: np.ndarray) -> float:
+    """Mean IoU over the classes present in the ground truth or the prediction (NaN if none)."""
     inter = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - np.diag(cm)
     present = union > 0
     if not present.any():
         return float("nan")
     return float((inter[present] / union[present]).mean())
+
+
+def miou(pred: np.ndarray, gt: np.ndarray, classes: int = NUM_CLASSES) -> float:
+    """Mean IoU of one prediction (ignore 255), see ``miou_from_confusion``."""
+    return miou_from_confusion(confusion(pred, gt, classes))
 
 
 def pixel_accuracy(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -299,6 +297,7 @@ __all__ = [
     "confusion",
     "labelids_to_trainids",
     "miou",
+    "miou_from_confusion",
     "pixel_accuracy",
     "render_training_set",
 ]

@@ -206,7 +206,7 @@ def train_vae(vae, pixels: torch.Tensor, cfg: BaseTrainConfig, g: torch.Generato
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     vae.eval()
     return losses

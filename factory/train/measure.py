@@ -25,14 +25,13 @@ import numpy as np
 import torch
 
 from factory.config import from_dict
-from factory.quality.segmenter import Segmenter, SegmenterConfig, confusion, labelids_to_trainids
-
-
-def _miou_from_confusion(cm: np.ndarray) -> float:
-    inter = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
-    present = union > 0
-    return float((inter[present] / union[present]).mean())
+from factory.quality.segmenter import (
+    Segmenter,
+    SegmenterConfig,
+    confusion,
+    labelids_to_trainids,
+    miou_from_confusion,
+)
 
 
 def measure(
@@ -88,7 +87,7 @@ def measure(
         pred = seg.predict(imgs)
         cm = sum(confusion(p, g) for p, g in zip(pred, gts))
         results[name] = {
-            "miou": round(_miou_from_confusion(cm), 4),
+            "miou": round(miou_from_confusion(cm), 4),
             "pixel_acc": round(float(np.diag(cm).sum() / cm.sum()), 4),
         }
     rows = [

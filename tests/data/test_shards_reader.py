@@ -133,3 +133,14 @@ def test_an_empty_or_missing_folder_says_what_to_fix(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no .tar shards"):
         list_shards(tmp_path / "empty", "train")
+
+
+def test_a_job_can_plan_from_shards(small_city, tmp_path):
+    """The Ray jobs list their references through the same DatasetConfig: kind=shards works there."""
+    from factory.jobs.common import list_references
+
+    root = tmp_path / "shards"
+    written = _write_shards(small_city, root / "train")
+    refs = list_references(DatasetConfig(kind="shards", root=root, split="train", limit=2))
+    assert [r.key for r in refs] == sorted(written)[:2]
+    assert all(r.paths["labelids"].is_file() for r in refs)
