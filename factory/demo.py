@@ -1,8 +1,9 @@
 """make demo: the whole LUMEN paper in miniature, offline, on a laptop CPU.
 
 procedural city -> alignment judge (small segmenter) -> base text-to-image model -> neural
-layouts (Ray job: PCA fit + layout shards) -> LUMEN ControlNet (label-free) and a Canny
-ControlNet with the same budget -> alignment mIoU of each (the paper's conditioning comparison)
+layouts (Ray job: PCA fit + layout shards) -> LUMEN ControlNet (label-free), and Canny and
+GT-semseg ControlNets with the same budget -> alignment mIoU of each (the paper's conditioning
+comparison)
 -> Ray generation of fog/night/rain/snow variants as label-reusing shards -> SegFormer trained on
 real vs real + LUMEN, evaluated on clear val and the four ACDC conditions (the DG table) ->
 a markdown report with the pictures and tables.
@@ -41,11 +42,17 @@ STAGES = (
     "layouts",
     "controlnet_layout",
     "controlnet_canny",
+    "controlnet_semseg",
     "alignment",
     "generate",
     "dg",
     "report",
 )
+
+# The paper's conditioning comparison: the label-free neural layout against Canny edges (no
+# labels either) and the ground-truth semantic map (needs labels for every training image).
+CONDITIONS = ("layout", "canny", "semseg")
+CONDITION_NAMES = {"layout": "neural layout (LUMEN)", "canny": "Canny edges", "semseg": "GT semantic map"}
 
 
 @dataclass
@@ -153,6 +160,7 @@ class Demo:
             "layouts": [self.out / "layouts"],
             "controlnet_layout": [self.controlnet("layout")],
             "controlnet_canny": [self.controlnet("canny")],
+            "controlnet_semseg": [self.controlnet("semseg")],
             "alignment": [self.out / "alignment"],
             "generate": [self.out / "generate"],
             "dg": [self.out / "dg"],
@@ -254,12 +262,15 @@ class Demo:
     def stage_controlnet_canny(self) -> dict:
         return self._train_controlnet("canny")
 
+    def stage_controlnet_semseg(self) -> dict:
+        return self._train_controlnet("semseg")
+
     def stage_alignment(self) -> dict:
         """The paper's conditioning comparison: how well do samples follow the reference?"""
         from factory.train import measure
 
         scores = {}
-        for kind in ("layout", "canny"):
+        for kind in CONDITIONS:
             out = self.out / "alignment" / kind
             self._call(
                 measure.main,
@@ -340,22 +351,25 @@ def render_report(out: Path, r: dict[str, Any]) -> str:
         f"| real reference (ceiling) | {lay['real_reference']['miou']:.3f} | "
         f"{lay['real_reference']['pixel_acc']:.3f} | |",
     ]
-    for name, s in (("neural layout (LUMEN)", lay), ("Canny edges", can)):
+    for kind in CONDITIONS:
+        sc = align[kind]["scores"]
         lines.append(
-            f"| {name} | {s['layout']['miou']:.3f} | {s['layout']['pixel_acc']:.3f} | {s['zeroed']['miou']:.3f} |"
+            f"| {CONDITION_NAMES[kind]} | {sc['layout']['miou']:.3f} | {sc['layout']['pixel_acc']:.3f} "
+            f"| {sc['zeroed']['miou']:.3f} |"
         )
     holds = lay["layout"]["miou"] > can["layout"]["miou"]
     lines += [
         "",
         f"Claim: neural-layout alignment above Canny's - **{'holds' if holds else 'does not hold'}** "
-        f"at this scale ({lay['layout']['miou']:.3f} vs {can['layout']['miou']:.3f}).",
+        f"at this scale ({lay['layout']['miou']:.3f} vs {can['layout']['miou']:.3f}). "
+        f"The GT semantic map, which needs a label for every training image, reaches "
+        f"{align['semseg']['scores']['layout']['miou']:.3f}.",
         "",
         f"![layout]({rel(align['layout']['grid'])})",
         "",
         "Columns: reference | condition | sample | sample with the condition zeroed.",
         "",
-        f"![canny]({rel(align['canny']['grid'])})",
-        "",
+        *(f"![{kind}]({rel(align[kind]['grid'])})\n" for kind in CONDITIONS if kind != "layout"),
         "## Generation (Ray job, label-reusing shards)",
         "",
         f"Accepted samples: {card['samples']['accepted']}; rejected attempts: "
@@ -385,12 +399,31 @@ def render_report(out: Path, r: dict[str, Any]) -> str:
         "## Models",
         "",
         f"- base model: {r['base'].get('unet_steps_done')} U-Net steps; timings (s): {r['base'].get('timings')}",
-        f"- ControlNets: layout {r['controlnet_layout'].get('steps')} steps, "
-        f"Canny {r['controlnet_canny'].get('steps')} steps (same budget)",
+        "- ControlNets (same budget): "
+        + ", ".join(f"{kind} {r[f'controlnet_{kind}'].get('steps')} steps" for kind in CONDITIONS),
         f"- mixes evaluated: {', '.join(mixes)}",
+        "",
+        "## Time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *(f"| {name} | {sec:.0f} |" for name, sec in stage_seconds(out).items()),
+        f"| total | {sum(stage_seconds(out).values()):.0f} |",
+        "",
+        "(A stage cached from an earlier run shows the time it took then.)",
         "",
     ]
     return "\n".join(lines)
+
+
+def stage_seconds(out: Path) -> dict[str, float]:
+    """Seconds each finished stage took, from its marker (the report's own stage is still running)."""
+    seconds = {}
+    for name in STAGES:
+        marker = out / "stages" / f"{name}.json"
+        if marker.is_file():
+            seconds[name] = float(json.loads(marker.read_text())["seconds"])
+    return seconds
 
 
 # ---------------------------------------------------------------------- helpers
