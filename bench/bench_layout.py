@@ -42,9 +42,11 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def bench(ref: str, size: tuple[int, int], batch: int, iters: int, device: str) -> tuple[float, str]:
+def bench(
+    ref: str, size: tuple[int, int], batch: int, iters: int, device: str, compile_vae: bool = False
+) -> tuple[float, str]:
     comps = load_components(ref, device=device)
-    backbone = SDUNetBackbone(comps, micro_batch=batch)
+    backbone = SDUNetBackbone(comps, micro_batch=batch, compile_vae=compile_vae)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(batch)]
     # a PCA fitted on the benchmark images themselves: the apply cost is what matters here
@@ -88,18 +90,22 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--sd15", action="store_true", help="also sd15-arch at 512x1024 (CUDA only)")
     p.add_argument("--sd15-batch", type=int, default=16)
+    p.add_argument("--compile", action="store_true", help="sd15-arch also with the VAE encoder compiled")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     command = "python bench/bench_layout.py " + shlex.join(sys.argv[1:])
-    runs = [("tiny", (64, 128), args.batch, "cpu")]
+    runs = [("tiny", (64, 128), args.batch, "cpu", False)]
     if args.sd15:
         if not torch.cuda.is_available():
             print("sd15-arch at 512x1024 skipped: no CUDA device")
         else:
-            runs.append(("sd15-arch", (512, 1024), args.sd15_batch, "cuda"))
-    for ref, size, batch, device in runs:
-        rate, dtype = bench(ref, size, batch, args.iters, device)
+            runs.append(("sd15-arch", (512, 1024), args.sd15_batch, "cuda", False))
+            if args.compile:
+                runs.append(("sd15-arch", (512, 1024), args.sd15_batch, "cuda", True))
+    for ref, size, batch, device, compile_vae in runs:
+        rate, dtype = bench(ref, size, batch, args.iters, device, compile_vae)
+        dtype += " + compiled VAE encoder" if compile_vae else ""
         if device == "cuda":
             where = machine()
         else:  # shared machines: the load average says how much of the CPU the run really had

@@ -47,6 +47,7 @@ class LayoutConfig:
     device: str = "auto"
     batch_size: int = 8  # images per call (the Ray job's batch)
     micro_batch: int = 4  # fixed forward batch: layouts identical across batch compositions
+    compile: bool = False  # torch.compile the VAE encoder (GPU: 1.4x at 512x1024; bf16-level differences)
 
     def __post_init__(self) -> None:
         check(len(self.layers) > 0, "layers", "give at least one decoder layer position, e.g. [2, 5, 8]")
@@ -87,6 +88,7 @@ def build_backbone(cfg: LayoutConfig, components: SDComponents | None = None) ->
         prompt=cfg.prompt,
         early_stop=cfg.early_stop,
         micro_batch=cfg.micro_batch,
+        compile_vae=cfg.compile,
     )
 
 
@@ -130,16 +132,22 @@ def resize_image(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 
 
 def images_to_tensor(
-    items: Sequence[Sample | np.ndarray], resolution: tuple[int, int] | None = None
+    items: Sequence[Sample | np.ndarray],
+    resolution: tuple[int, int] | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """(B, 3, H, W) float32 in [-1, 1] from Samples or uint8 arrays, resized to ``resolution``."""
+    """(B, 3, H, W) float32 in [-1, 1] from Samples or uint8 arrays, resized to ``resolution``.
+
+    The batch travels to ``device`` as uint8 and is converted there: a quarter of the bytes, and
+    on a GPU the conversion is free while on the CPU it cost ~15% of layout extraction.
+    """
     if len(items) == 0:
         raise LayoutError("got an empty batch of images")
     arrays = [resize_image(_image_of(x, i)[0], resolution) for i, x in enumerate(items)]
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
         raise LayoutError(f"images in one batch differ in size {sorted(sizes)}; fix: set layout.resolution")
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
 
 
@@ -153,7 +161,7 @@ def keys_of(items: Sequence[Sample | np.ndarray]) -> list[str]:
 def batch_features(backbone: Backbone, items: Sequence[Sample | np.ndarray], resolution=None) -> torch.Tensor:
     """Backbone features (B, C, h, w) float32 for a batch of Samples (for the Ray job and tests)."""
     device = getattr(backbone, "device", torch.device("cpu"))
-    return backbone(images_to_tensor(items, resolution).to(device))
+    return backbone(images_to_tensor(items, resolution, device))
 
 
 def batch_vectors(

@@ -165,3 +165,14 @@ def test_dinov2_backbone_from_config_and_folder(tmp_path, scenes):
     torch.testing.assert_close(again(x), feats)
     with pytest.raises(LayoutError, match="no DINOv2 model here"):
         Dinov2Backbone(tmp_path / "nothing")
+
+
+def test_encode_latents_is_the_vae_posterior_mean(tiny_components, scenes):
+    """encode_latents spells out AutoencoderKL.encode (so its encoder can be compiled): same numbers."""
+    backbone = SDUNetBackbone(tiny_components)
+    x = images_to_tensor(scenes[:2])
+    vae = tiny_components.vae
+    with torch.inference_mode():
+        expected = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        got = backbone.encode_latents(x)
+    assert torch.equal(got, expected)
