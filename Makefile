@@ -62,7 +62,7 @@ demo:  ## the whole paper in miniature, offline, on a CPU
 
 bench:  ## CPU benchmarks (tiny models): layout extraction, generation job vs model-only loop
 	$(PY) bench/bench_layout.py
-	$(PY) bench/bench_generate.py --write-docs
+	$(PY) bench/bench_generate.py --refs 48 --write-docs
 
 # ---- local Ray cluster (issue 5) -------------------------------------------------------------
 # Ray 2.60 turns token authentication on for clusters it starts. We pin it explicitly: the

@@ -145,7 +145,7 @@ wall-time figure includes starting Ray and loading the models, which dominates a
 This machine has 2 cores shared with other work (1-min load average {r["load_average_1min_at_end"]:.1f} at the
 end of the run), so figures are noisy (a ratio below 1 means the job's steady state measured
 faster than the loop, i.e. noise), and 2 actors cannot be expected to scale 2x.
-GPU (`sd15-arch` at 512x1024, 20 steps, CFG vs plain diffusers): not measured, no GPU was lent.
+GPU figures (sd15-arch at 512x1024 against plain diffusers): the next section, `bench/bench_generate_gpu.py`.
 """
     pattern = re.compile(r"## Generation\n.*?(?=\n## |\Z)", re.S)
     text = (

@@ -61,11 +61,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
 
     from factory.data.sample import SampleRef
     from factory.synth.synthesizer import SynthConfig, Synthesizer, WorkItem
     from factory.synth.variants import Variant
+    from factory.train.controlnet import controlnet_pipeline
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_generate_gpu needs a CUDA device (or --model tiny --device cpu --size 64x128)")
@@ -116,17 +116,7 @@ def main() -> None:
     ]
 
     # 1. Plain diffusers on the same modules.
-    pipe = StableDiffusionControlNetPipeline(
-        vae=c.vae,
-        text_encoder=c.text_encoder,
-        tokenizer=c.tokenizer,
-        unet=c.unet,
-        controlnet=synth.controlnet,
-        scheduler=DDIMScheduler.from_config(c.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = controlnet_pipeline(c, synth.controlnet)  # the stock pipeline, DDIM, same modules
     pipe.set_progress_bar_config(disable=True)
     cond_dev = cond.to(args.device, c.dtype)
 
