@@ -70,4 +70,6 @@ def test_shipped_configs_load(name):
     cls = BaseTrainConfig if "base" in name else ControlNetTrainConfig
     cfg = load_config(cls, CONFIGS / name)
     if cls is ControlNetTrainConfig:
-        assert cfg.condition.kind in ("layout", "canny")
+        assert Path(name).stem.endswith(cfg.condition.kind), (
+            "a ControlNet config is named after its condition"
+        )
