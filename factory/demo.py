@@ -155,7 +155,7 @@ class Demo:
         """The folders a stage writes (and nothing else writes)."""
         return {
             "city": [self.city],
-            "judge": [self.judge],
+            "judge": [self.judge.with_suffix(".safetensors"), self.judge.with_suffix(".json")],
             "base": [self.base],
             "layouts": [self.out / "layouts"],
             "controlnet_layout": [self.controlnet("layout")],
@@ -182,7 +182,10 @@ class Demo:
             for path in self.stage_outputs(name):
                 if path.exists():
                     print(f"  removing stale outputs {path}", flush=True)
-                    shutil.rmtree(path)
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
         started.write_text(self.fingerprint + "\n")
 
     def _call(self, main: Callable[[list[str]], Any], argv: list[str]) -> Any:
@@ -206,17 +209,16 @@ class Demo:
 
     def stage_judge(self) -> dict:
         """The instrument that scores alignment: a small segmenter trained on real scenes."""
-        import torch
+        from factory.quality import segmenter
 
-        from factory.quality.segmenter import Segmenter, SegmenterConfig
-
-        torch.set_num_threads(self.cfg.threads)
-        seg_cfg = SegmenterConfig(
-            height=self.cfg.height, width=self.cfg.width, steps=self.cfg.judge_steps, seed=self.cfg.seed
-        )
-        seg = Segmenter.train_procedural(seg_cfg)
-        seg.save(self.judge)
-        return {"path": str(self.judge), **{k: v for k, v in seg.meta.items() if k != "config"}}
+        c = self.cfg
+        self._call(
+            segmenter.main,
+            ["--out", str(self.judge), "--threads", str(c.threads), f"height={c.height}",
+             f"width={c.width}", f"steps={c.judge_steps}", f"seed={c.seed}"],
+        )  # fmt: skip
+        meta = segmenter.Segmenter.load(self.judge).meta
+        return {"path": str(self.judge), **{k: v for k, v in meta.items() if k != "config"}}
 
     def stage_base(self) -> dict:
         from factory.train import base

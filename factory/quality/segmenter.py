@@ -18,7 +18,9 @@ API: ``Segmenter.train_procedural(cfg)``, ``Segmenter.fit(images, trainids, cfg)
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from factory.config import check
+from factory.config import check, load_config
 from factory.data.labels import IGNORE_INDEX, NUM_CLASSES, id_to_trainid
 
 IGNORE = IGNORE_INDEX  # trainId of void pixels
@@ -288,6 +290,29 @@ def pixel_accuracy(pred: np.ndarray, gt: np.ndarray) -> float:
     return float((pred[valid] == gt[valid]).mean()) if valid.any() else float("nan")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Train the alignment judge on rendered procedural scenes and save it (used by make demo)."""
+    ap = argparse.ArgumentParser(
+        prog="python -m factory.quality.segmenter",
+        description="Train the small CPU segmenter that scores generated images (mIoU vs reused labels) "
+        "on procedural scenes rendered in memory; writes OUT.safetensors + OUT.json.",
+    )
+    ap.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "overrides", nargs="*", help="SegmenterConfig key=value, e.g. steps=300 height=64 width=128"
+    )
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(SegmenterConfig, None, args.overrides)
+    seg = Segmenter.train_procedural(cfg)
+    weights = seg.save(args.out)
+    print(
+        json.dumps({"out": str(weights), **{k: v for k, v in seg.meta.items() if k != "config"}}, default=str)
+    )
+    return 0
+
+
 __all__ = [
     "IGNORE",
     "NUM_CLASSES",
@@ -301,3 +326,7 @@ __all__ = [
     "pixel_accuracy",
     "render_training_set",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,3 +48,17 @@ def test_trains_beats_trivial_and_round_trips(tmp_path):
     assert again.predict(images[0]).shape == labels[0].shape
     with pytest.raises(FileNotFoundError, match="segmenter file missing"):
         Segmenter.load(tmp_path / "nope")
+
+
+def test_cli_trains_saves_and_names_a_bad_field(tmp_path, capsys):
+    from factory.config import ConfigError
+    from factory.quality.segmenter import main
+
+    out = tmp_path / "judge"
+    assert main(["--out", str(out), "--threads", "1", "steps=2", "n_scenes=4", "height=32", "width=64"]) == 0
+    seg = Segmenter.load(out)
+    assert (seg.cfg.steps, seg.cfg.height, seg.cfg.width) == (2, 32, 64)
+    assert seg.predict(np.zeros((32, 64, 3), np.uint8)).shape == (32, 64)
+    assert str(out.with_suffix(".safetensors")) in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="steps"):
+        main(["--out", str(out), "steps=0"])
