@@ -95,9 +95,6 @@ def main() -> None:
             "steady_img_s": n_items / busy * actors,
             "wall_s": s.seconds,
         }
-        import ray
-
-        ray.shutdown()
     overhead = model_only / results[1]["steady_img_s"]
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",

@@ -336,6 +336,7 @@ def render_report(out: Path, r: dict[str, Any]) -> str:
     mixes = list(dg_sum)
     real, lumen = dg_sum.get("real", {}), dg_sum.get("real + LUMEN", {})
     card = r["generate"]["card"]
+    seconds = stage_seconds(out)
     lines = [
         "# LUMEN Factory demo report",
         "",
@@ -409,8 +410,8 @@ def render_report(out: Path, r: dict[str, Any]) -> str:
         "",
         "| stage | seconds |",
         "|---|---|",
-        *(f"| {name} | {sec:.0f} |" for name, sec in stage_seconds(out).items()),
-        f"| total | {sum(stage_seconds(out).values()):.0f} |",
+        *(f"| {name} | {sec:.0f} |" for name, sec in seconds.items()),
+        f"| total | {sum(seconds.values()):.0f} |",
         "",
         "(A stage cached from an earlier run shows the time it took then.)",
         "",

@@ -38,14 +38,11 @@ def ray_local() -> str:
 
     The dashboard runs (on a free port, so parallel sessions do not meet) because Ray's state
     API (``ray.util.state.list_actors``, used to find an actor's process to kill) is served by it.
-    A Ray left running by an earlier in-process job is replaced, so the options here always hold.
     """
     import socket
 
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dashboard_port = s.getsockname()[1]

@@ -85,11 +85,12 @@ def init_ray(cfg: RayConfig) -> Any:
 
 @contextmanager
 def shutdown_ray_we_started() -> Iterator[None]:
-    """Shut down a local Ray that the job started, on the way out of a CLI ``main``.
+    """Shut down a local Ray that a job's ``run`` started (``init_ray``), however it ends.
 
-    A job run in-process (the demo, tests) must not leave its Ray behind: the next caller would
-    silently reuse a Ray started with other options (no dashboard, other CPU count). A Ray that
-    was already running when the job began belongs to the caller and stays up.
+    Used as a decorator on each job's ``run``. A job run in-process (the demo, tests, benchmarks)
+    must not leave its Ray behind: the next caller would silently reuse a Ray started with other
+    options (no dashboard, other CPU count). A Ray that was already running when the job began
+    belongs to the caller and stays up.
     """
     import ray
 

@@ -196,6 +196,7 @@ class ExtractSummary:
     seconds: float
 
 
+@shutdown_ray_we_started()
 def run(cfg: ExtractConfig) -> ExtractSummary:
     from factory.layout.neural import build_backbone, pca_meta
     from factory.layout.pca import fit_pca, sample_counts
@@ -303,8 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(ExtractConfig, args.config, args.overrides)
-    with shutdown_ray_we_started():
-        s = run(cfg)
+    s = run(cfg)
     print(json.dumps({"out": str(s.out), "pca": str(s.pca), "fitted": s.fitted, "counts": s.counts}))
     return 0
 

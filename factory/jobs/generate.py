@@ -524,6 +524,7 @@ class JobSummary:
     card: dict[str, Any]
 
 
+@shutdown_ray_we_started()
 def run(cfg: GenerateConfig, on_event: Callable[[str, Any], None] | None = None) -> JobSummary:
     """Plan, skip what is done, run the actors, write the card. Returns a summary."""
     t0 = time.perf_counter()
@@ -721,8 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(GenerateConfig, args.config, args.overrides)
-    with shutdown_ray_we_started():
-        summary = run(cfg)
+    summary = run(cfg)
     print(
         json.dumps(
             {
