@@ -12,6 +12,7 @@ Adding a backbone is a new class with ``name``, ``channels``, ``signature()`` an
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -96,6 +97,70 @@ def decoder_layer_channels(unet: torch.nn.Module) -> list[int]:
     return channels[:-1]
 
 
+def supports_truncated_forward(unet: torch.nn.Module) -> bool:
+    """Whether ``unet_decoder_states`` reproduces this U-Net's forward: SD-style text-to-image
+    U-Nets (no class/added embeddings, no encoder projection, no FreeU). Others use hooks."""
+    cfg = unet.config
+    freeu = any(getattr(b, "s1", None) for b in unet.up_blocks)
+    return (
+        cfg.class_embed_type is None
+        and cfg.addition_embed_type is None
+        and not cfg.center_input_sample
+        and unet.encoder_hid_proj is None
+        and not freeu
+    )
+
+
+def unet_decoder_states(
+    unet: torch.nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    positions: tuple[int, ...],
+) -> list[torch.Tensor]:
+    """The hidden states entering decoder layers ``positions``, computing nothing after the last.
+
+    The same module calls, in the same order, as diffusers' ``UNet2DConditionModel.forward``
+    (and its up blocks' forwards) up to that point - so the states are bit-identical to hooking
+    the full forward (tests/layout) - but as one straight function with no hooks or exceptions,
+    so ``torch.compile`` can take it whole. Sides must be multiples of the U-Net's total
+    upsampling (``SDUNetBackbone`` checks), so no ``upsample_size`` is needed.
+    """
+    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    ehs = encoder_hidden_states
+    h = unet.conv_in(sample)
+    skips = [h]
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=ehs)
+        else:
+            h, res = block(hidden_states=h, temb=emb)
+        skips.extend(res)
+    if getattr(unet.mid_block, "has_cross_attention", False):
+        h = unet.mid_block(h, emb, encoder_hidden_states=ehs)
+    else:
+        h = unet.mid_block(h, emb)
+    out = {0: h}  # position 0: the state entering decoder layer 0
+    last = max(positions)
+    p = 0
+    for block in unet.up_blocks:
+        attentions = getattr(block, "attentions", None)
+        for j, resnet in enumerate(block.resnets):
+            if p == last:
+                return [out[q] for q in positions]
+            h = resnet(torch.cat([h, skips.pop()], dim=1), emb)
+            if attentions is not None:
+                h = attentions[j](h, encoder_hidden_states=ehs, return_dict=False)[0]
+            if j == len(block.resnets) - 1 and block.upsamplers is not None:
+                for upsampler in block.upsamplers:
+                    h = upsampler(h)
+            p += 1
+            out[p] = h
+    return [out[q] for q in positions]
+
+
 class SDUNetBackbone:
     """Stable Diffusion U-Net decoder features (NEURAL_LAYOUT.md)."""
 
@@ -111,7 +176,8 @@ class SDUNetBackbone:
         prompt: str = "",
         early_stop: bool = True,
         micro_batch: int = 1,
-        compile_vae: bool = False,
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         unet = components.unet
         if micro_batch < 1:
@@ -145,11 +211,26 @@ class SDUNetBackbone:
         self._prompt_embedding: torch.Tensor | None = None
         # the image side must survive every down/upsampling of the VAE and the U-Net
         self.multiple = components.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
-        # At 512x1024 the VAE encoder is ~70% of the time, most of it memory-bound elementwise
-        # work at full resolution (group norm, SiLU, adds) that torch.compile fuses: 1.4x on an
-        # H200 (docs/benchmarks.md). A compiled reference, so the shared components (hashed,
-        # saved, used by the trainer) keep their own module tree.
-        self._vae_encoder = torch.compile(components.vae.encoder) if compile_vae else components.vae.encoder
+        # At 512x1024 the VAE encoder is ~70% of the eager time, most of it memory-bound
+        # elementwise work at full resolution (group norm, SiLU, adds) that torch.compile fuses
+        # (docs/benchmarks.md). Compiled *references*: the shared components (hashed, saved, used
+        # by the trainer) keep their own module tree. The U-Net side compiles the explicit
+        # truncated forward (``unet_decoder_states``), which has no hooks or exceptions to break
+        # the graph. channels_last changes the weights' memory layout only (values and state
+        # dict are untouched): cuDNN's fast bf16 convolutions are NHWC.
+        if channels_last:
+            components.vae.encoder.to(memory_format=torch.channels_last)
+            unet.to(memory_format=torch.channels_last)
+        self.channels_last = bool(channels_last)
+        self.compiled = bool(compile)
+        self._vae_encoder = components.vae.encoder
+        self._decoder_states = functools.partial(unet_decoder_states, unet)
+        if compile:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convs run as GEMMs (fused epilogues)
+            self._vae_encoder = torch.compile(components.vae.encoder)
+            self._decoder_states = torch.compile(self._decoder_states)
 
     @property
     def device(self) -> torch.device:
@@ -200,6 +281,8 @@ class SDUNetBackbone:
         """Clean latent z0 = posterior mean (minus shift) x scaling factor."""
         vae = self.components.vae
         x = images.to(device=vae.device, dtype=vae.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         # AutoencoderKL.encode(x).latent_dist.mean, spelt out so the encoder can be compiled:
         # the posterior's moments are (mean, logvar) stacked on the channel axis.
         moments = self._vae_encoder(x)
@@ -233,8 +316,20 @@ class SDUNetBackbone:
 
     @torch.inference_mode()
     def unet_features(self, zt: torch.Tensor) -> list[torch.Tensor]:
-        """Run the U-Net on noisy latents ``zt`` and return the hooked states (early stop if set)."""
+        """Run the U-Net on noisy latents ``zt`` and return the states entering ``layers``.
+
+        With ``early_stop`` the forward is ``unet_decoder_states`` (stops after the last layer
+        needed; compilable); without it, diffusers' own full forward with capture hooks - the
+        reference the early stop is tested bit-identical against.
+        """
         unet = self.components.unet
+        t = torch.full((zt.shape[0],), self.timestep, dtype=torch.long, device=zt.device)
+        prompt = self._prompt(zt.shape[0]).to(unet.dtype)
+        x = zt.to(unet.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.early_stop and supports_truncated_forward(unet):
+            return self._decoder_states(x, t, prompt, self.layers)
         captured: dict[int, torch.Tensor] = {}
         last = len(self._modules) - 1
 
@@ -248,8 +343,7 @@ class SDUNetBackbone:
 
         handles = [m.register_forward_hook(make_hook(i)) for i, (_, m) in enumerate(self._modules)]
         try:
-            t = torch.full((zt.shape[0],), self.timestep, dtype=torch.long, device=zt.device)
-            unet(zt.to(unet.dtype), t, encoder_hidden_states=self._prompt(zt.shape[0]).to(unet.dtype))
+            unet(x, t, encoder_hidden_states=prompt)
         except _StopForward:
             pass
         finally:

@@ -47,7 +47,10 @@ class LayoutConfig:
     device: str = "auto"
     batch_size: int = 8  # images per call (the Ray job's batch)
     micro_batch: int = 4  # fixed forward batch: layouts identical across batch compositions
-    compile: bool = False  # torch.compile the VAE encoder (GPU: 1.4x at 512x1024; bf16-level differences)
+    # torch.compile the VAE encoder and the truncated U-Net (GPU; bf16-level differences, so a PCA
+    # and the layouts it is applied to should be computed with the same setting)
+    compile: bool = False
+    channels_last: bool = False  # NHWC weights/activations (GPU convolutions; see docs/benchmarks.md)
 
     def __post_init__(self) -> None:
         check(len(self.layers) > 0, "layers", "give at least one decoder layer position, e.g. [2, 5, 8]")
@@ -88,7 +91,8 @@ def build_backbone(cfg: LayoutConfig, components: SDComponents | None = None) ->
         prompt=cfg.prompt,
         early_stop=cfg.early_stop,
         micro_batch=cfg.micro_batch,
-        compile_vae=cfg.compile,
+        compile=cfg.compile,
+        channels_last=cfg.channels_last,
     )
 
 

@@ -176,3 +176,22 @@ def test_encode_latents_is_the_vae_posterior_mean(tiny_components, scenes):
         expected = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
         got = backbone.encode_latents(x)
     assert torch.equal(got, expected)
+
+
+def test_truncated_forward_compiles_as_one_graph(tiny_components, scenes):
+    """layout.compile relies on unet_decoder_states tracing whole: no hooks, no graph breaks."""
+    import functools
+
+    from factory.layout.backbones import unet_decoder_states
+
+    bb = SDUNetBackbone(tiny_components)
+    with torch.inference_mode():
+        zt = bb.noisy_latents(bb.encode_latents(images_to_tensor(scenes[:2])))
+        t = torch.full((2,), bb.timestep, dtype=torch.long)
+        prompt = bb._prompt(2)
+        fn = functools.partial(unet_decoder_states, tiny_components.unet)
+        traced = torch.compile(fn, backend="eager", fullgraph=True)(zt, t, prompt, bb.layers)
+        eager = bb.unet_features(zt)
+    assert [tuple(f.shape[1:]) for f in traced] == [(64, 4, 8), (64, 8, 16), (32, 16, 32)]
+    for a, b in zip(traced, eager):
+        assert torch.equal(a, b)

@@ -7,6 +7,7 @@ condition actually changes the image (an untrained ControlNet would add exact ze
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,7 @@ FOG = Variant("fog", "a photo of a city street, in fog", "sunny", edit=PromptEdi
 NIGHT = Variant("night", "a photo of a city street, at night", "daylight")
 
 
-@pytest.fixture(scope="module")
-def models():
+def build_models():
     components = load_components("tiny")
     controlnet = new_controlnet(components, C)
     g = torch.Generator().manual_seed(1)
@@ -34,6 +34,11 @@ def models():
             if "controlnet_down_blocks" in name or "controlnet_mid_block" in name or "conv_out" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     return components, controlnet
+
+
+@pytest.fixture(scope="module")
+def models():
+    return build_models()
 
 
 def make(models, **kw) -> Synthesizer:
@@ -87,6 +92,29 @@ def test_whole_batch_model_calls_agree_to_a_pixel_level(models):
     for a, b in zip(b3, b1):
         diff = np.abs(a.image.astype(int) - b.image.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_decode_latents_is_the_vae_decode(models):
+    """decode_latents spells out AutoencoderKL.decode (so the decoder can be compiled): same numbers."""
+    synth = make(models).setup()
+    vae = models[0].vae
+    z = torch.randn(2, 4, H // 4, W // 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = vae.decode(z / vae.config.scaling_factor).sample
+    assert torch.equal(synth.decode_latents(z), expected)
+
+
+def test_channels_last_changes_the_layout_not_the_images():
+    """synth.channels_last (for GPU convolutions) only changes memory layout: same images to a level."""
+    work, cond = items(2), conditions(2)
+    models = build_models()
+    fresh = copy.deepcopy(models)  # the same weights (new_controlnet draws from the global RNG)
+    plain = make(models)(work, cond)
+    nhwc = make(fresh, channels_last=True)(work, cond)
+    assert fresh[0].unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain, nhwc):
+        assert a.ok and b.ok
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
 
 
 def test_seed_variant_and_condition_each_change_the_image(models):
@@ -200,6 +228,7 @@ def test_setup_loads_models_from_the_config():
         ("stepz: 3", "unknown key stepz"),
         ("steps: many", "steps"),
         ("device: tpu", "device"),
+        ("compile_mode: fastest", "compile_mode"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path, yaml_text, match):
