@@ -3,13 +3,14 @@
 Usage (``make train-segformer`` wraps this)::
 
     python -m downstream.segformer.train [CONFIG] [--synth 'out/shards/*.tar' --ratio 0.5]
-        [--work-dir DIR] [--max-iters N] [--seed S] [--cfg-options key=value ...]
+        [--work-dir DIR] [--max-iters N] [--seed S] [--resume] [--cfg-options key=value ...]
 
 CONFIG defaults to the tiny procedural-city config (data under data/procedural from
 ``make city``). ``--synth`` mixes the given shards into the training set so that a fraction
 ``--ratio`` of the samples comes from them (MixedDataset + MixedSampler); the consumption hook
-logs and saves what was actually drawn from each source. Runs on a GPU when one is visible
-(mmengine picks it), otherwise on the CPU.
+logs and saves what was actually drawn from each source. ``--resume`` continues from the latest
+checkpoint in the work dir (a killed run, or a longer ``--max-iters``). Runs on a GPU when one is
+visible (mmengine picks it), otherwise on the CPU.
 """
 
 from __future__ import annotations
@@ -146,12 +147,44 @@ def build_config(
     return cfg
 
 
+def mmengine_checkpoint_globals() -> list[Any]:
+    """The non-tensor objects pickled in mmengine's own training checkpoints.
+
+    torch >= 2.6 loads with ``weights_only=True``, which refuses them, so mmengine 0.10's
+    resume fails (open-mmlab/mmengine#1655). Allow-listing exactly these - the message hub's
+    HistoryBuffer and the numpy arrays, dtypes and scalars it holds - keeps the safe loader on,
+    which ``weights_only=False`` would not.
+    """
+    import builtins
+
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [
+        HistoryBuffer,
+        np.ndarray,
+        np.dtype,
+        multiarray._reconstruct,
+        multiarray.scalar,
+        builtins.getattr,  # how numpy pickles its dtype classes
+        *dtypes,
+    ]
+
+
 def train(cfg: Any) -> Any:
-    """Build the mmengine Runner from ``cfg``, train, and return the runner (model inside)."""
+    """Build the mmengine Runner from ``cfg``, train, and return the runner (model inside).
+
+    With ``cfg.resume`` the latest checkpoint of ``cfg.work_dir`` is loaded first (model,
+    optimizer, schedulers, iteration, message hub); training then runs to ``max_iters``.
+    """
+    import torch
     from mmengine.runner import Runner
 
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+        runner.train()
     return runner
 
 
@@ -173,6 +206,9 @@ def main(argv: list[str] | None = None) -> Any:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-validate", action="store_true", help="skip the validation loop")
     p.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in the work dir"
+    )
+    p.add_argument(
         "--no-acdc-eval", action="store_true", help="skip the final CS + ACDC per-condition evaluation"
     )
     p.add_argument(
@@ -189,6 +225,7 @@ def main(argv: list[str] | None = None) -> Any:
         cfg_options=a.cfg_options,
         validate=not a.no_validate,
     )
+    cfg.resume = a.resume
     runner = train(cfg)
     if not a.no_acdc_eval:
         evaluate_domains(runner, cfg)

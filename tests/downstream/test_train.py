@@ -40,3 +40,24 @@ def test_short_mixed_training_run(city_env, ref_shards, tmp_path):
     scores = evaluate_checkpoint(CONFIG, tmp_path / "iter_4.pth", device="cpu")
     assert set(scores) == {"CS", "fog", "night", "rain", "snow"}
     assert abs(scores["CS"] - metrics["mIoU"]) <= 0.006  # mmseg rounds to 2 decimals
+
+
+def test_resume_continues_from_the_latest_checkpoint(city_env, tmp_path):
+    """--resume under torch >= 2.6 (weights_only loading): picks up at iter 4, ends at 6."""
+    from downstream.segformer.train import build_config, main, train
+
+    options = {
+        "train_dataloader.num_workers": 0,
+        "train_dataloader.persistent_workers": False,
+        "train_dataloader.batch_size": 2,
+    }
+    train(build_config(CONFIG, work_dir=tmp_path, max_iters=4, seed=0, validate=False, cfg_options=options))
+    args = [str(CONFIG), "--work-dir", str(tmp_path), "--max-iters", "6", "--seed", "0", "--no-validate"]
+    args += ["--resume", "--no-acdc-eval", "--cfg-options"] + [f"{k}={v}" for k, v in options.items()]
+    runner = main(args)
+    assert runner.iter == 6 and (tmp_path / "iter_6.pth").is_file()
+    # only the 2 missing iterations ran (batch 2): not retrained from scratch
+    consumed = json.loads((tmp_path / "consumed_sources.json").read_text())
+    assert consumed["counts"] == {"real": 4}, consumed
+    logs = "".join(p.read_text() for p in tmp_path.glob("*/*.log"))
+    assert "resumed" in logs.lower() and "iter_4.pth" in logs
