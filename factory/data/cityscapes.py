@@ -135,10 +135,29 @@ def list_cityscapes(
     return ReadResult(refs, bad)
 
 
+def label_size_of(ref: SampleRef, image_size: tuple[int, int], image_path: Path) -> tuple[int, int]:
+    """(H, W) the labels of ``ref`` must have: the image's, unless the metadata records both sizes."""
+    recorded = ref.meta.get("label_size")
+    if recorded is None:
+        return image_size
+    declared = tuple(int(v) for v in ref.meta.get("image_size", image_size))
+    if declared != tuple(image_size):
+        raise DataError(
+            image_path,
+            f"image is {image_size[0]}x{image_size[1]} but its metadata records image_size "
+            f"{declared[0]}x{declared[1]}",
+            "the shard was rewritten inconsistently; regenerate it",
+        )
+    return (int(recorded[0]), int(recorded[1]))
+
+
 def load_sample(ref: SampleRef, *, labels: bool = True) -> Sample:
     """Decode and validate one sample (Cityscapes or ACDC ref). Raises DataError on bad input.
 
-    Checks: every PNG decodes fully; labels have the image's size; labelIds values are Cityscapes
+    Checks: every PNG decodes fully; labels have the image's size - or, for a synthetic shard
+    sample generated smaller than its labels (DESIGN.md), the ``label_size`` its metadata records,
+    the image then having the recorded ``image_size`` (consumers resize the image, never the
+    labels: ``Sample.label_size``); labelIds values are Cityscapes
     labelIds and not a trainIds map; trainIds are 0..18/255; instanceIds agree with labelIds;
     box and camera JSON parse and have the required fields. Colour maps, polygons and ACDC invIds
     are kept by path only (the factory copies label files, it does not re-encode them).
@@ -148,7 +167,7 @@ def load_sample(ref: SampleRef, *, labels: bool = True) -> Sample:
     sample = Sample(key=ref.key, image=image, paths=dict(ref.paths), meta=dict(ref.meta))
     if not labels:
         return sample
-    size = sample.size
+    size = label_size_of(ref, sample.size, image_path)
     p = ref.paths
     if "labelids" in p:
         arr = decode.read_png(p["labelids"], expect="gray8")

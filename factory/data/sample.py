@@ -106,3 +106,10 @@ class Sample:
     def size(self) -> tuple[int, int]:
         """(height, width) of the image."""
         return int(self.image.shape[0]), int(self.image.shape[1])
+
+    @property
+    def label_size(self) -> tuple[int, int]:
+        """(height, width) of the labels: the image's, or the ``label_size`` recorded by a
+        synthetic shard sample that was generated smaller than its labels."""
+        recorded = self.meta.get("label_size")
+        return (int(recorded[0]), int(recorded[1])) if recorded else self.size

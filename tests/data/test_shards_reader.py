@@ -144,3 +144,28 @@ def test_a_job_can_plan_from_shards(small_city, tmp_path):
     refs = list_references(DatasetConfig(kind="shards", root=root, split="train", limit=2))
     assert [r.key for r in refs] == sorted(written)[:2]
     assert all(r.paths["labelids"].is_file() for r in refs)
+
+
+def test_a_synthetic_image_smaller_than_its_labels_loads(small_city, tmp_path):
+    """DESIGN.md: generated at half size, labels at full size - both sizes in the metadata."""
+    ref = list_cityscapes(small_city / "cityscapes", "train").refs[0]
+    full = load_sample(ref)
+    h, w = full.size
+    small = np.ascontiguousarray(full.image[::2, ::2])
+    folder = tmp_path / "shards" / "train"
+    writer = ShardWriter(folder / "shard-000000.tar")
+    meta = {"source_key": ref.key, "variant": "fog", "image_size": [h // 2, w // 2], "label_size": [h, w]}
+    writer.add(f"{ref.key}__fog", small, label_files(ref), meta)
+    lying = {**meta, "image_size": [h, w]}  # metadata that does not match the image
+    writer.add(f"{ref.key}__night", small, label_files(ref), lying)
+    writer.close()
+    refs = {r.key: r for r in list_shards(tmp_path / "shards", "train").refs}
+    sample = load_sample(refs[f"{ref.key}__fog"])
+    assert sample.size == (h // 2, w // 2) and sample.label_size == (h, w)
+    np.testing.assert_array_equal(sample.semantic, full.semantic)
+    with pytest.raises(DataError, match="metadata records image_size"):
+        load_sample(refs[f"{ref.key}__night"])
+    # without the recorded sizes, a size mismatch is still an error
+    del refs[f"{ref.key}__fog"].meta["label_size"]
+    with pytest.raises(DataError, match="differs from the image"):
+        load_sample(refs[f"{ref.key}__fog"])
