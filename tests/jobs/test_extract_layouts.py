@@ -95,3 +95,28 @@ def test_config_errors_name_the_field(city_root, tmp_path):
         make_cfg(city_root, tmp_path, "layout.timestep=5000")
     with pytest.raises(ConfigError, match="samples_per_shard"):
         make_cfg(city_root, tmp_path, "samples_per_shard=0")
+    with pytest.raises(ConfigError, match="load_threads"):
+        make_cfg(city_root, tmp_path, "load_threads=0")
+
+
+def test_loader_threads_keep_order_sizes_and_bad_samples(city_root, tmp_path):
+    """The prefetching loader: same batches whatever the thread count, original sizes kept."""
+    from factory.data.cityscapes import list_cityscapes
+    from factory.jobs.extract_layouts import load_batches
+
+    city = tmp_path / "city"
+    shutil.copytree(city_root / "cityscapes", city / "cityscapes")
+    refs = list_cityscapes(city / "cityscapes", "train").refs[:5]
+    refs[2].paths["image"].write_bytes(b"garbage")
+    one = list(load_batches(refs, 2, 1, (32, 64)))
+    four = list(load_batches(refs, 2, 4, (32, 64)))
+    assert [[r.key for r, *_ in b] for b in four] == [[r.key for r in refs[i : i + 2]] for i in (0, 2, 4)]
+    for b1, b4 in zip(one, four):
+        for (_, s1, size1, p1), (_, s4, size4, p4) in zip(b1, b4):
+            assert p1 == p4 and size1 == size4
+            if s1 is None:
+                assert s4 is None and "unreadable" in p1
+            else:
+                assert s4.image.shape == (32, 64, 3) and np.array_equal(s1.image, s4.image)
+                assert size1 == (64, 128)  # the reference's size, before the resize
+    assert sum(s is None for b in four for _, s, _, _ in b) == 1
