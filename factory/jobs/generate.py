@@ -36,7 +36,8 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,6 +113,8 @@ class GenerateConfig:
     seed: int = 0
     samples_per_shard: int = 16
     batch_size: int = 4
+    # threads per actor that decode the next batch's references while this batch is synthesised
+    load_threads: int = 2
     shards: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
@@ -121,6 +124,7 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.load_threads >= 1, "load_threads", f"must be >= 1, got {self.load_threads}")
         check(
             self.synthesizer != "lumen" or self.condition is not None,
             "condition",
@@ -262,8 +266,6 @@ class GenerateWorker:
     """
 
     def __init__(self, cfg: GenerateConfig, slot: int, run_id: str, preview_refs: Sequence[str]):
-        from concurrent.futures import ThreadPoolExecutor
-
         import torch
 
         if torch.cuda.is_available():
@@ -277,6 +279,7 @@ class GenerateWorker:
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.manifest = Manifest(cfg.out / "manifest")
         self.pool = ThreadPoolExecutor(cfg.shards.encode_threads, thread_name_prefix="encode")
+        self.loader = ThreadPoolExecutor(cfg.load_threads, thread_name_prefix="load")
         self.synth = build_synthesizer(cfg)
         self.synth.setup()
         signature = getattr(self.synth, "signature", None)
@@ -303,6 +306,27 @@ class GenerateWorker:
         except (DataError, OSError, ValueError) as e:
             return None, {}, f"reference unreadable: {e}"
         return sample, labels, ""
+
+    def _loaded_batches(
+        self, items: list[WorkItem]
+    ) -> Iterator[list[tuple[WorkItem, Sample | None, dict[str, Path], str]]]:
+        """The items in batches with their references loaded: each distinct reference once (its
+        variants share the decoded sample: items are reference-major), and the next batch is
+        decoded in loader threads while this one is synthesised."""
+        bs = self.cfg.batch_size
+        batches = [items[i : i + bs] for i in range(0, len(items), bs)]
+
+        def submit(batch: list[WorkItem]) -> dict[str, Future]:
+            first = {}
+            for item in batch:
+                first.setdefault(item.ref.key, item)
+            return {key: self.loader.submit(self._load, item) for key, item in first.items()}
+
+        ahead = submit(batches[0]) if batches else {}
+        for i, batch in enumerate(batches):
+            current, ahead = ahead, (submit(batches[i + 1]) if i + 1 < len(batches) else {})
+            loaded = {key: future.result() for key, future in current.items()}
+            yield [(item, *loaded[item.ref.key]) for item in batch]
 
     def _synthesize(
         self,
@@ -378,11 +402,10 @@ class GenerateWorker:
         counts: Counter[str] = Counter()
         busy = 0.0
         previews: dict[str, np.ndarray] = {}
-        for start in range(0, len(items), self.cfg.batch_size):
-            # 1. Load the references; unreadable ones are failed samples, the rest go on.
+        for batch in self._loaded_batches(items):
+            # 1. The loaded references; unreadable ones are failed samples, the rest go on.
             todo: list[tuple[WorkItem, Sample, dict[str, Path]]] = []
-            for item in items[start : start + self.cfg.batch_size]:
-                sample, labels, problem = self._load(item)
+            for item, sample, labels, problem in batch:
                 if sample is None:
                     rows.append(self._row(item, shard, "failed", problem))
                     counts["failed"] += 1
@@ -415,7 +438,7 @@ class GenerateWorker:
                     img = preview(sample)
                     if img is not None:
                         previews[sample.key] = img
-            self.items_done += len(items[start : start + self.cfg.batch_size])
+            self.items_done += len(batch)
             self._maybe_die()
         # 4. Commit: the tar first (atomic rename), then its manifest part.
         written = {w.key: w for w in writer.close()}

@@ -349,3 +349,31 @@ def test_actor_killed_from_outside_is_replaced_and_its_shards_reassigned(
             assert not worker.endswith(f":{victim}"), f"{shard} written by the killed actor"
     # Same samples, byte for byte, as the uninterrupted 2-samples-per-shard baseline.
     assert _sample_members(out) == _sample_members(baseline[0])
+
+
+def test_worker_decodes_each_reference_once_per_batch(city_root, tmp_path, monkeypatch):
+    """Items are reference-major: a batch's variants of one reference share one decode, and the
+    loader threads hand back every item, in order, with its own reference."""
+    from factory.jobs import generate
+    from factory.jobs.generate import GenerateWorker, plan_items
+
+    cfg = make_cfg(city_root, tmp_path / "out", "batch_size=4", "variants.sets=[fog, night, rain]")
+    worker = GenerateWorker(cfg, 0, "run", [])
+    calls: list[str] = []
+    real_load = GenerateWorker._load
+
+    def counting_load(self, item):
+        calls.append(item.ref.key)
+        return real_load(self, item)
+
+    monkeypatch.setattr(generate.GenerateWorker, "_load", counting_load)
+    refs = generate.list_references(cfg.dataset)[:2]
+    items = plan_items(refs, cfg.variants.build(), cfg.seed)  # 2 refs x 3 variants
+    batches = list(worker._loaded_batches(items))
+    assert [len(b) for b in batches] == [4, 2]
+    assert [it.key for b in batches for it, *_ in b] == [it.key for it in items]
+    for b in batches:
+        for it, sample, labels, problem in b:
+            assert problem == "" and sample.key == it.ref.key and "labelids.png" in labels
+    # batch 1 = ref0 x 3 + ref1 x 1, batch 2 = ref1 x 2: three decodes, not six
+    assert sorted(calls) == sorted([refs[0].key, refs[1].key, refs[1].key])
