@@ -446,17 +446,32 @@ class Synthesizer:
                 except (ValueError, OSError) as e:  # DataError is a ValueError
                     failed[i] = self._failed(it, f"data: {e}", "", it.variant.negative_prompt)
         order = sorted(loaded)
+        # The variants of one reference share its condition (conditions are batch-invariant):
+        # compute it once per distinct reference.
+        first: dict[str, int] = {}
+        for i in order:
+            first.setdefault(items[i].ref.key, i)
+        per_ref: dict[str, torch.Tensor] = {}
+        problems: dict[str, Exception] = {}
         try:
-            rows = [self.condition([loaded[i] for i in order])] if order else []
-        except (ValueError, OSError, RuntimeError):  # isolate the sample(s) that break it
-            rows = []
-            for i in order:
+            if first:
+                computed = self.condition([loaded[i] for i in first.values()])
+                per_ref = {key: computed[j : j + 1] for j, key in enumerate(first)}
+        except (ValueError, OSError, RuntimeError):  # isolate the reference(s) that break it
+            for key, i in first.items():
                 try:
-                    rows.append(self.condition([loaded[i]]))
+                    per_ref[key] = self.condition([loaded[i]])
                 except (ValueError, OSError, RuntimeError) as e:
-                    failed[i] = self._failed(
-                        items[i], f"condition: {e}", "", items[i].variant.negative_prompt
-                    )
+                    problems[key] = e
+        rows = []
+        for i in order:
+            key = items[i].ref.key
+            if key in per_ref:
+                rows.append(per_ref[key])
+            else:
+                failed[i] = self._failed(
+                    items[i], f"condition: {problems[key]}", "", items[i].variant.negative_prompt
+                )
         cond = torch.cat(rows) if rows else torch.zeros(0)
         return cond, failed
 

@@ -286,3 +286,32 @@ def test_condition_channels_must_match_the_controlnet(models):
     synth = Synthesizer(SynthConfig(condition=ConditionConfig(kind="canny")), components, controlnet)
     with pytest.raises(ValueError, match="3 channels but the ControlNet expects 4"):
         synth.setup()
+
+
+def test_a_references_variants_share_one_condition(city_root):
+    """Conditions are computed once per distinct reference; each item still gets its own image."""
+    from factory.conditions import ConditionConfig
+    from factory.data.cityscapes import list_cityscapes
+
+    refs = list_cityscapes(city_root / "cityscapes", "train").refs[:2]
+    cfg = SynthConfig(
+        condition=ConditionConfig(kind="canny"), steps=2, guidance_scale=1.0, height=32, width=64
+    )
+    synth = Synthesizer(cfg, load_components("tiny")).setup()
+    seen: list[int] = []
+    provider = synth.condition
+
+    class Counting:
+        kind, channels = provider.kind, provider.channels
+
+        def __call__(self, samples):
+            seen.append(len(samples))
+            return provider(samples)
+
+    synth.condition = Counting()
+    work = [WorkItem(refs[0], FOG, 1), WorkItem(refs[0], NIGHT, 2), WorkItem(refs[1], FOG, 3)]
+    outs = synth(work)
+    assert seen == [2] and all(o.ok for o in outs)
+    synth.condition = provider
+    alone = synth([work[1]])[0]
+    assert np.array_equal(alone.image, outs[1].image)
