@@ -9,8 +9,9 @@ What it does, top to bottom:
    (clear / fog / night / rain / snow), each with a caption naming its weather;
 2. train the VAE (reconstruction + a small KL term), then set its ``scaling_factor`` so latents
    have unit variance (as SD does);
-3. train the text-conditioned U-Net (epsilon prediction, the DDPM schedule of the components)
-   jointly with the text encoder, with caption dropout so classifier-free guidance works;
+3. train the text-conditioned U-Net (epsilon or v prediction on the DDPM schedule of the
+   components, optionally rescaled to zero terminal SNR) jointly with the text encoder, with
+   caption dropout so classifier-free guidance works;
 4. save a diffusers ``StableDiffusionPipeline`` folder (``safety_checker=None``) atomically,
    plus ``lumen_base.json`` (config, timings, losses) and a preview grid with per-weather image
    statistics (does "at night" come out darker, "in fog" flatter?).
@@ -83,6 +84,14 @@ class BaseTrainConfig:
     # never destroys an image's mean, so a model trained on it cannot move far from mid-grey and
     # "at night" comes out barely darker. 0 turns it off; ~0.1 is the usual value.
     noise_offset: float = 0.0
+    # What the U-Net predicts: "epsilon" (the noise, as SD 1.5) or "v_prediction" (the velocity
+    # sqrt(a)*noise - sqrt(1-a)*x0, as SD 2.x). Saved in the scheduler config, which every later
+    # stage (ControlNet training, synthesis) reads.
+    prediction_type: str = "epsilon"
+    # Zero terminal SNR (Lin et al. 2023, diffusers' rescale_betas_zero_snr + "trailing" timestep
+    # spacing): the last timestep is pure noise, so the model must take an image's mean brightness
+    # from the caption rather than from the leftover signal in the noise (needs v_prediction).
+    zero_terminal_snr: bool = False
     # preview
     preview_steps: int = 25
     preview_guidance: float = 3.0
@@ -101,6 +110,16 @@ class BaseTrainConfig:
         )
         check(self.n_scenes >= 1, "n_scenes", f"must be >= 1, got {self.n_scenes}")
         check(0.0 <= self.noise_offset <= 1.0, "noise_offset", f"must be in [0, 1], got {self.noise_offset}")
+        check(
+            self.prediction_type in ("epsilon", "v_prediction"),
+            "prediction_type",
+            f"must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}",
+        )
+        check(
+            not self.zero_terminal_snr or self.prediction_type == "v_prediction",
+            "zero_terminal_snr",
+            "needs prediction_type=v_prediction (epsilon cannot be inverted at zero SNR)",
+        )
         bad = [c for c in self.conditions if c not in WEATHERS]
         check(
             not bad and len(self.conditions) > 0,
@@ -144,6 +163,16 @@ def narrower_vae(vae, channels: tuple[int, ...], seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoencoderKL(**config)
+
+
+def training_scheduler(sched, cfg: BaseTrainConfig):
+    """The DDPM schedule of ``init`` with this recipe's prediction type and terminal SNR."""
+    from diffusers import DDPMScheduler
+
+    extra = {"prediction_type": cfg.prediction_type, "rescale_betas_zero_snr": cfg.zero_terminal_snr}
+    if cfg.zero_terminal_snr:
+        extra["timestep_spacing"] = "trailing"  # sampling starts at the pure-noise step
+    return DDPMScheduler.from_config(sched.config, **extra)
 
 
 def render_pool(cfg: BaseTrainConfig) -> tuple[np.ndarray, list[str]]:
@@ -237,7 +266,7 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
 def train_unet(
     components, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str], cfg: BaseTrainConfig, g
 ) -> list[float]:
-    """Epsilon-prediction training of the U-Net (and text encoder) on the cached latents."""
+    """Denoising training (``cfg.prediction_type``) of the U-Net and text encoder on the cached latents."""
     from diffusers.optimization import get_scheduler
 
     unet, te, tok, sched = (
@@ -281,7 +310,8 @@ def train_unet(
         t = torch.randint(0, T, (cfg.batch_size,), generator=g)
         zt = sched.add_noise(z0, noise, t)
         pred = unet(zt, t, encoder_hidden_states=enc).sample
-        loss = F.mse_loss(pred, noise)
+        target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
+        loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for grp in groups for p in grp["params"]], 1.0)
@@ -356,6 +386,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     components = load_components(cfg.init)
+    components.noise_scheduler = training_scheduler(components.noise_scheduler, cfg)
     if cfg.vae_block_out_channels:
         components.vae = narrower_vae(components.vae, cfg.vae_block_out_channels, cfg.seed)
     pool, weathers = render_pool(cfg)

@@ -502,7 +502,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
 
 
 def _loss(cfg, data: _Data, micro_step: int, accelerator, controlnet, components, sched, scale, weight_dtype):
-    """Epsilon-prediction loss of the frozen U-Net steered by the ControlNet, for one micro-batch."""
+    """Denoising loss (the base schedule's prediction type) of the frozen U-Net steered by the ControlNet."""
     device = accelerator.device
     idx = batch_indices(
         len(data), cfg.batch_size, micro_step, accelerator.process_index, accelerator.num_processes, cfg.seed
@@ -513,13 +513,15 @@ def _loss(cfg, data: _Data, micro_step: int, accelerator, controlnet, components
     noise = torch.randn(z0.shape, generator=g)
     t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
     zt = sched.add_noise(z0, noise, t)
+    # the base model's own objective: epsilon (SD 1.5, tiny) or v (a v-prediction base model)
+    target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
     cond = data.cond[idx_t].float()
     drop_c = torch.rand(len(idx), generator=g) < cfg.condition_dropout
     cond[drop_c] = 0.0
     enc = data.embeds[data.caption_idx[idx_t]].clone()
     drop_t = torch.rand(len(idx), generator=g) < cfg.caption.dropout
     enc[drop_t] = data.empty_embed
-    zt, t, cond, enc, noise = (x.to(device) for x in (zt, t, cond, enc, noise))
+    zt, t, cond, enc, target = (x.to(device) for x in (zt, t, cond, enc, target))
     down, mid = controlnet(
         zt.to(weight_dtype),
         t,
@@ -534,7 +536,7 @@ def _loss(cfg, data: _Data, micro_step: int, accelerator, controlnet, components
         down_block_additional_residuals=[r.to(weight_dtype) for r in down],
         mid_block_additional_residual=mid.to(weight_dtype),
     ).sample
-    return F.mse_loss(pred.float(), noise.float())
+    return F.mse_loss(pred.float(), target.float())
 
 
 def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:

@@ -63,6 +63,48 @@ def test_base_config_errors():
         BaseTrainConfig(conditions=("hail",))
     with pytest.raises(ConfigError, match="captions"):
         BaseTrainConfig(captions={"clear": "x"})
+    with pytest.raises(ConfigError, match="prediction_type"):
+        BaseTrainConfig(prediction_type="sample")
+    with pytest.raises(ConfigError, match="zero_terminal_snr"):
+        BaseTrainConfig(zero_terminal_snr=True)  # epsilon cannot be inverted at zero SNR
+
+
+def test_base_v_prediction_zero_snr_is_saved_and_samples(tmp_path):
+    """The schedule options reach the saved scheduler, factory.models and a stock pipeline."""
+    from diffusers import StableDiffusionPipeline
+
+    cfg = BaseTrainConfig(
+        out=tmp_path / "base",
+        n_scenes=5,
+        vae_steps=1,
+        vae_batch_size=2,
+        vae_block_out_channels=(16, 32, 32),
+        unet_steps=2,
+        batch_size=2,
+        warmup_steps=1,
+        preview_per_condition=0,
+        prediction_type="v_prediction",
+        zero_terminal_snr=True,
+    )
+    out = train_base(cfg)
+    sched = load_components(str(out)).noise_scheduler
+    assert sched.config.prediction_type == "v_prediction"
+    assert sched.config.rescale_betas_zero_snr and sched.config.timestep_spacing == "trailing"
+    assert float(sched.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-12)  # the last step is pure noise
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    pipe.scheduler.set_timesteps(2)
+    assert int(pipe.scheduler.timesteps[0]) == 999  # sampling starts at the pure-noise step
+    img = pipe(
+        "a city street scene in fog",
+        height=64,
+        width=128,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert np.isfinite(img).all()
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -223,3 +223,33 @@ def test_error_empty_dataset(base_folder, tmp_path):
     with pytest.raises(TrainError, match=r"empty or unreadable dataset .*no \*_leftImg8bit.png images"):
         train_controlnet(cfg, provider=LumaCondition())
     _assert_no_step(tmp_path / "out")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_target_follows_the_base_prediction_type(prediction_type):
+    """A v-prediction base model (factory.train.base prediction_type) is steered with its own objective."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from factory.models import SD_SCHEDULE
+    from factory.train.controlnet import _Data, _loss
+
+    sched = DDPMScheduler(**{**SD_SCHEDULE, "prediction_type": prediction_type})
+    zeros = torch.zeros(4, 4, 8, 16)  # z0 = 0, so z_t is the scaled noise alone
+    data = _Data(zeros, zeros, torch.zeros(4, 1, 32, 64), torch.zeros(4, dtype=torch.long),
+                 torch.zeros(1, 3, 8), torch.zeros(3, 8), None)  # fmt: skip
+    seen = {}
+
+    def unet(zt, t, **kw):
+        seen.update(zt=zt, t=t)
+        return SimpleNamespace(sample=torch.zeros_like(zt))
+
+    cfg = SimpleNamespace(batch_size=2, seed=0, condition_dropout=0.0, caption=SimpleNamespace(dropout=0.0))
+    acc = SimpleNamespace(device=torch.device("cpu"), process_index=0, num_processes=1)
+    controlnet = lambda *a, **k: ([], torch.zeros(1))  # noqa: E731
+    loss = _loss(cfg, data, 0, acc, controlnet, SimpleNamespace(unet=unet), sched, 1.0, torch.float32)
+    ab = sched.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1)
+    noise = seen["zt"] / (1 - ab).sqrt()
+    target = noise if prediction_type == "epsilon" else ab.sqrt() * noise  # v = sqrt(ab) eps - sqrt(1-ab) z0
+    assert float(loss) == pytest.approx(float((target**2).mean()), rel=1e-4)
