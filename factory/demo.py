@@ -373,6 +373,7 @@ def render_report(out: Path, r: dict[str, Any]) -> str:
         "Columns: reference | condition | sample | sample with the condition zeroed.",
         "",
         *(f"![{kind}]({rel(align[kind]['grid'])})\n" for kind in CONDITIONS if kind != "layout"),
+        *weather_lines(r["base"]),
         "## Generation (Ray job, label-reusing shards)",
         "",
         f"Accepted samples: {card['samples']['accepted']}; rejected attempts: "
@@ -417,6 +418,44 @@ def render_report(out: Path, r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def weather_lines(base: dict[str, Any]) -> list[str]:
+    """The base model's weather steering: brightness of its samples per caption vs real renders,
+    and the claim that fog/snow come out brighter and night darker than clear."""
+    stats = base.get("weather_stats") or {}
+    if "clear" not in stats:
+        return []
+    lines = [
+        "## Weather steering of the base model (the text side)",
+        "",
+        "Mean brightness (and contrast) of the base model's preview samples per caption, against",
+        "the real renders of that weather (lumen_base.json).",
+        "",
+        "| caption | generated brightness | real | generated contrast | real |",
+        "|---|---|---|---|---|",
+    ]
+    for weather, st in stats.items():
+        g, real = st["generated"], st["real"]
+        lines.append(
+            f"| {weather} | {g['brightness']:.2f} | {real['brightness']:.2f} | "
+            f"{g['contrast']:.2f} | {real['contrast']:.2f} |"
+        )
+    clear = stats["clear"]["generated"]["brightness"]
+    checks = [
+        (w, stats[w]["generated"]["brightness"], op)
+        for w, op in (("fog", ">"), ("snow", ">"), ("night", "<"))
+    ]
+    checks = [(w, b, op) for w, b, op in checks if w in stats]
+    ok = all((b > clear) if op == ">" else (b < clear) for _, b, op in checks)
+    said = ", ".join(f"{w} {b:.2f}" for w, b, _ in checks)
+    lines += [
+        "",
+        f"Claim: fog and snow brighter, night darker than clear - **{'holds' if ok else 'does not hold'}** "
+        f"(clear {clear:.2f}; {said}).",
+        "",
+    ]
+    return lines
 
 
 def stage_seconds(out: Path) -> dict[str, float]:

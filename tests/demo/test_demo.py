@@ -41,6 +41,7 @@ def test_demo_runs_every_stage_and_caches(tmp_path, capsys):
         assert (out / "stages" / f"{stage}.json").is_file(), stage
     report = (out / "report.md").read_text()
     assert "Conditioning comparison" in report and "Domain generalisation" in report
+    assert "Weather steering of the base model" in report and "fog and snow brighter" in report
     assert (out / "generate" / "contact_sheet.png").is_file()
     dg = json.loads((out / "dg" / "dg.json").read_text())
     assert set(dg["summary"]) == {"real", "real + LUMEN"}
@@ -51,3 +52,15 @@ def test_demo_runs_every_stage_and_caches(tmp_path, capsys):
     assert main(["--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert printed.count(": cached") == len(STAGES)
+
+
+def test_weather_claim_is_checked_against_the_numbers():
+    from factory.demo import weather_lines
+
+    def stats(**b):
+        return {"weather_stats": {w: {"generated": {"brightness": v, "contrast": 0.1},
+                                      "real": {"brightness": v, "contrast": 0.1}} for w, v in b.items()}}  # fmt: skip
+
+    assert "**holds**" in "\n".join(weather_lines(stats(clear=0.4, fog=0.7, snow=0.7, night=0.1)))
+    assert "**does not hold**" in "\n".join(weather_lines(stats(clear=0.4, fog=0.38, snow=0.7, night=0.1)))
+    assert weather_lines({}) == []
