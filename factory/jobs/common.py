@@ -22,6 +22,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,6 +149,34 @@ def list_references(cfg: DatasetConfig) -> list[SampleRef]:
         refs[m.group(1)] = SampleRef(m.group(1), {"image": Path(bad.path)}, {"listing_error": bad.reason})
     ordered = [refs[k] for k in sorted(refs)]
     return ordered[: cfg.limit] if cfg.limit else ordered
+
+
+def load_ahead(
+    items: Sequence[Any],
+    batch_size: int,
+    pool: Executor,
+    load: Callable[[Any], Any],
+    key: Callable[[Any], str],
+) -> Iterator[list[tuple[Any, Any]]]:
+    """``items`` in batches of ``batch_size``, each item with ``load(item)``'s result, in order.
+
+    Batch i + 1 is loaded in ``pool`` while the caller computes on batch i, so decoding images
+    (OpenCV releases the GIL) overlaps the model. Items of a batch with the same ``key`` share
+    one load (a reference's variants share its decoded sample).
+    """
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+    def submit(batch: Sequence[Any]) -> dict[str, Future]:
+        futures: dict[str, Future] = {}
+        for item in batch:
+            if key(item) not in futures:
+                futures[key(item)] = pool.submit(load, item)
+        return futures
+
+    ahead = submit(batches[0]) if batches else {}
+    for i, batch in enumerate(batches):
+        current, ahead = ahead, (submit(batches[i + 1]) if i + 1 < len(batches) else {})
+        yield [(item, current[key(item)].result()) for item in batch]
 
 
 def shard_name(index: int) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from factory.jobs.common import (
     digest,
     init_ray,
     list_references,
+    load_ahead,
     plan_actors,
     run_actor_pool,
     shard_name,
@@ -108,19 +110,12 @@ def _prepare(ref: SampleRef, resolution: tuple[int, int] | None) -> tuple[Any, t
 def load_batches(
     refs: Sequence[SampleRef], batch_size: int, threads: int, resolution: tuple[int, int] | None
 ) -> Iterator[list[Loaded]]:
-    """``refs`` in batches, decoded and resized, in order; batch i + 1 is decoded by ``threads``
-    worker threads while the caller computes on batch i (OpenCV releases the GIL while it
-    decodes and resizes, so the threads run in parallel with each other and with the model)."""
-    batches = [list(refs[i : i + batch_size]) for i in range(0, len(refs), batch_size)]
+    """``refs`` in batches, decoded and resized to the layout resolution by ``threads`` loader
+    threads, batch i + 1 while the caller computes on batch i (``load_ahead``)."""
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
-
-        def submit(batch: list[SampleRef]) -> list[Future]:
-            return [pool.submit(_prepare, ref, resolution) for ref in batch]
-
-        ahead = submit(batches[0]) if batches else []
-        for i, batch in enumerate(batches):
-            current, ahead = ahead, (submit(batches[i + 1]) if i + 1 < len(batches) else [])
-            yield [(ref, *future.result()) for ref, future in zip(batch, current)]
+        prepare = functools.partial(_prepare, resolution=resolution)
+        for batch in load_ahead(refs, batch_size, pool, prepare, key=lambda ref: ref.key):
+            yield [(ref, *loaded) for ref, loaded in batch]
 
 
 class ExtractWorker:

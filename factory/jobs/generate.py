@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +54,7 @@ from factory.jobs.common import (
     digest,
     init_ray,
     list_references,
+    load_ahead,
     plan_actors,
     run_actor_pool,
     shard_name,
@@ -312,21 +313,10 @@ class GenerateWorker:
     ) -> Iterator[list[tuple[WorkItem, Sample | None, dict[str, Path], str]]]:
         """The items in batches with their references loaded: each distinct reference once (its
         variants share the decoded sample: items are reference-major), and the next batch is
-        decoded in loader threads while this one is synthesised."""
-        bs = self.cfg.batch_size
-        batches = [items[i : i + bs] for i in range(0, len(items), bs)]
-
-        def submit(batch: list[WorkItem]) -> dict[str, Future]:
-            first = {}
-            for item in batch:
-                first.setdefault(item.ref.key, item)
-            return {key: self.loader.submit(self._load, item) for key, item in first.items()}
-
-        ahead = submit(batches[0]) if batches else {}
-        for i, batch in enumerate(batches):
-            current, ahead = ahead, (submit(batches[i + 1]) if i + 1 < len(batches) else {})
-            loaded = {key: future.result() for key, future in current.items()}
-            yield [(item, *loaded[item.ref.key]) for item in batch]
+        decoded in loader threads while this one is synthesised (``load_ahead``)."""
+        batches = load_ahead(items, self.cfg.batch_size, self.loader, self._load, key=lambda it: it.ref.key)
+        for batch in batches:
+            yield [(item, *loaded) for item, loaded in batch]
 
     def _synthesize(
         self,

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from factory.models import SDComponents, content_hash, encode_prompts, resolve_device
+from factory.models import SDComponents, compile_for_inference, content_hash, encode_prompts, resolve_device
 
 
 class LayoutError(ValueError):
@@ -226,11 +226,8 @@ class SDUNetBackbone:
         self._vae_encoder = components.vae.encoder
         self._decoder_states = functools.partial(unet_decoder_states, unet)
         if compile:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convs run as GEMMs (fused epilogues)
-            self._vae_encoder = torch.compile(components.vae.encoder)
-            self._decoder_states = torch.compile(self._decoder_states)
+            self._vae_encoder = compile_for_inference(components.vae.encoder)
+            self._decoder_states = compile_for_inference(self._decoder_states)
 
     @property
     def device(self) -> torch.device:

@@ -488,6 +488,28 @@ def encode_prompts(components: SDComponents, prompts: list[str]) -> torch.Tensor
     return components.text_encoder(ids)[0]
 
 
+def denoising_target(scheduler: Any, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What a U-Net on ``scheduler`` learns to predict: the noise (epsilon, SD 1.5 and ``tiny``)
+    or the velocity (v_prediction, e.g. the offline base model). Every trainer uses this, so a
+    ControlNet is trained on its base model's own objective."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(z0, noise, t)
+    raise ModelError(f"prediction_type {kind!r} cannot be trained here; use 'epsilon' or 'v_prediction'")
+
+
+def compile_for_inference(fn: Any, mode: str = "default") -> Any:
+    """``torch.compile(fn)`` for inference throughput - a compiled *reference*: a module passed in
+    keeps its own module tree (hashes, saving, other users), only calls through the result run
+    compiled. SD's 1x1 convolutions are compiled as GEMMs, which fuse with their neighbours."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.conv_1x1_as_mm = True
+    return torch.compile(fn, mode=mode)
+
+
 def new_controlnet(components: SDComponents, channels: int) -> ControlNetModel:
     """A ControlNet initialised from the U-Net, whose conditioning input has ``channels`` channels.
 

@@ -134,12 +134,6 @@ class SynthConfig:
             (self.height is None) == (self.width is None), "height", "set both height and width, or neither"
         )
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        modes = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-        check(
-            self.compile_mode in modes,
-            "compile_mode",
-            f"must be one of {list(modes)}, got {self.compile_mode!r}",
-        )
         if self.micro_batch is not None:
             check(self.micro_batch >= 1, "micro_batch", f"must be >= 1 or null, got {self.micro_batch}")
         check(
@@ -229,7 +223,13 @@ class Synthesizer:
         """Load the models once (per actor). Idempotent."""
         if self._ready:
             return self
-        from factory.models import load_components, load_controlnet, new_controlnet, resolve_device
+        from factory.models import (
+            compile_for_inference,
+            load_components,
+            load_controlnet,
+            new_controlnet,
+            resolve_device,
+        )
 
         device = resolve_device(self.cfg.device)
         dtype = None if self.cfg.dtype == "auto" else DTYPES[self.cfg.dtype]
@@ -256,19 +256,14 @@ class Synthesizer:
         if self.cfg.channels_last:
             for module in (c.unet, self.controlnet, c.vae):
                 module.to(memory_format=torch.channels_last)
-        # compiled *references*: the shared modules (hashed, saved) keep their own module tree
         self._unet = c.unet
         self._controlnet = self.controlnet
         self._vae_decoder = c.vae.decoder
         if self.cfg.compile:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.conv_1x1_as_mm = True  # SD's 1x1 convs run as GEMMs
-            mode = self.cfg.compile_mode
-            self._unet = torch.compile(c.unet, mode=mode)
-            self._controlnet = torch.compile(self.controlnet, mode=mode)
+            self._unet = compile_for_inference(c.unet, self.cfg.compile_mode)
+            self._controlnet = compile_for_inference(self.controlnet, self.cfg.compile_mode)
             # the decoder runs once per batch: CUDA graphs would only hold memory
-            self._vae_decoder = torch.compile(c.vae.decoder)
+            self._vae_decoder = compile_for_inference(c.vae.decoder)
         self._ready = True
         return self
 

@@ -269,6 +269,8 @@ def train_unet(
     """Denoising training (``cfg.prediction_type``) of the U-Net and text encoder on the cached latents."""
     from diffusers.optimization import get_scheduler
 
+    from factory.models import denoising_target
+
     unet, te, tok, sched = (
         components.unet,
         components.text_encoder,
@@ -310,8 +312,7 @@ def train_unet(
         t = torch.randint(0, T, (cfg.batch_size,), generator=g)
         zt = sched.add_noise(z0, noise, t)
         pred = unet(zt, t, encoder_hidden_states=enc).sample
-        target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
-        loss = F.mse_loss(pred, target)
+        loss = F.mse_loss(pred, denoising_target(sched, z0, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for grp in groups for p in grp["params"]], 1.0)

@@ -503,6 +503,8 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
 
 def _loss(cfg, data: _Data, micro_step: int, accelerator, controlnet, components, sched, scale, weight_dtype):
     """Denoising loss (the base schedule's prediction type) of the frozen U-Net steered by the ControlNet."""
+    from factory.models import denoising_target
+
     device = accelerator.device
     idx = batch_indices(
         len(data), cfg.batch_size, micro_step, accelerator.process_index, accelerator.num_processes, cfg.seed
@@ -513,8 +515,7 @@ def _loss(cfg, data: _Data, micro_step: int, accelerator, controlnet, components
     noise = torch.randn(z0.shape, generator=g)
     t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
     zt = sched.add_noise(z0, noise, t)
-    # the base model's own objective: epsilon (SD 1.5, tiny) or v (a v-prediction base model)
-    target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
+    target = denoising_target(sched, z0, noise, t)  # the base model's own objective
     cond = data.cond[idx_t].float()
     drop_c = torch.rand(len(idx), generator=g) < cfg.condition_dropout
     cond[drop_c] = 0.0
