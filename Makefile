@@ -10,7 +10,7 @@ WHEELHOUSE ?= $(HOME)/.cache/lumen-factory/wheels
 CONSTRAINTS := $(VENV)/constraints.txt
 OUT ?= outputs
 
-.PHONY: help setup test test-fast lint format demo city contact-sheet train-segformer bench \
+.PHONY: help setup test test-fast lint format demo city contact-sheet train-segformer train-multitask bench \
         cluster-up cluster-down cluster-submit clean
 
 help:  ## list targets
@@ -102,3 +102,10 @@ train-segformer: CONFIG ?= configs/downstream/segformer_tiny_procedural-64x128.p
 train-segformer: RATIO ?= 0.5
 train-segformer:  ## train SegFormer: CONFIG=<mmseg config> [SYNTH='<shard glob>' RATIO=0.5] [TRAIN_ARGS=...]
 	$(PY) -m downstream.segformer.train $(CONFIG) $(if $(SYNTH),--synth '$(SYNTH)' --ratio $(RATIO)) $(TRAIN_ARGS)
+
+# Multi-task network (semantics + depth + 3D vehicle boxes, one MiT encoder). CONFIG: a YAML of
+# downstream.multitask.train; SYNTH: a folder of variant shards (they carry the references'
+# disparity, camera and gtBbox3d) mixed in at the config's ratio. Evaluates on the config's val.
+train-multitask: CONFIG ?= configs/downstream/multitask_procedural.yaml
+train-multitask:  ## multi-task net: CONFIG=<yaml> [SYNTH=<shard folder>] [TRAIN_ARGS='--resume iters=500']
+	$(PY) -m downstream.multitask.train --config $(CONFIG) $(if $(SYNTH),'synth={kind: shards, root: $(SYNTH)}') $(TRAIN_ARGS)

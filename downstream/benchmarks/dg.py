@@ -78,12 +78,14 @@ def check_pca_meta(path: str | Path, forbidden: set[str]) -> int:
     )
 
 
-def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(
+    runs: dict[str, list[dict[str, float]]], columns: tuple[str, ...] = COLUMNS
+) -> dict[str, dict[str, dict[str, float]]]:
     """Per mix and column: mean and sample std (0 for a single seed) over seeds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for mix, rows in runs.items():
         out[mix] = {}
-        for c in COLUMNS:
+        for c in columns:
             v = np.array([r[c] for r in rows], dtype=np.float64)
             out[mix][c] = {
                 "mean": float(v.mean()),

@@ -1,0 +1,164 @@
+"""Training and evaluation samples for the multi-task network: image, trainIds, depth, 3D box targets.
+
+Real references come from Cityscapes folders, synthetic ones from our shards (the reference's
+own disparity, camera and gtBbox3d bytes - DESIGN.md); both are listed as ``SampleRef`` and
+decoded by the factory's validating reader (``load_sample``), so a corrupt file, a size mismatch
+or a trainIds map posing as labelIds fails the same way everywhere, naming the file.
+
+Every sample is brought to one network input size. The image is resized (area for shrinking,
+bilinear for enlarging; a synthetic image smaller than its labels is resized like any other);
+labels are resized with nearest neighbour - class ids and metric depths must never be blended.
+Depth is computed from the disparity at the label resolution (metres do not change with the
+resize); the 3D boxes stay in metres and only their projection uses the scaled camera.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from factory.data.cityscapes import disparity_to_depth, list_cityscapes, load_sample
+from factory.data.labels import id_to_trainid
+from factory.data.sample import DataError, SampleRef
+from factory.data.shards import list_shards
+
+from .geometry import BoxTargets, encode_boxes
+
+MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # ImageNet RGB, as mmseg's SegFormer configs
+STD = np.array([58.395, 57.12, 57.375], np.float32)
+NEEDED = ("labelids", "disparity", "camera", "boxes3d")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How samples become tensors: network input size, output stride of the box head, classes."""
+
+    size: tuple[int, int]  # (H, W) of the network input
+    stride: int = 4
+    box_classes: tuple[str, ...] = ("car",)
+    max_objects: int = 32
+
+
+def list_refs(kind: str, root: str | Path, split: str) -> list[SampleRef]:
+    """``kind`` "cityscapes" (official folders) or "shards" (our webdataset shards) -> refs that
+    carry every label the multi-task network needs; a ref missing one is an error naming it."""
+    if kind == "cityscapes":
+        refs = list_cityscapes(root, split).refs
+    elif kind == "shards":
+        refs = list_shards(root, split).refs
+    else:
+        raise ValueError(f"unknown sample source kind {kind!r}: use 'cityscapes' or 'shards'")
+    for ref in refs:
+        missing = [k for k in NEEDED if k not in ref.paths]
+        if missing:
+            where = ref.meta.get("shard", ref.paths["image"])
+            raise DataError(
+                where,
+                f"sample {ref.key!r} has no {missing} (the multi-task network trains semantics, depth "
+                "and 3D boxes)",
+                "use Cityscapes folders with gtFine, disparity, camera and gtBbox3d, or shards generated "
+                "from such references",
+            )
+    return refs
+
+
+def normalise(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 3xHxW float, ImageNet-normalised."""
+    return torch.from_numpy(((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy())
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = image.shape[0] > h
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_labels(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    return arr if arr.shape[:2] == (h, w) else cv2.resize(arr, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+@dataclass
+class Prepared:
+    """One sample as the network consumes it, plus what evaluation needs at label resolution."""
+
+    key: str
+    image: torch.Tensor  # 3xHxW normalised
+    trainids: torch.Tensor  # HxW int64 (255 = ignore)
+    depth: torch.Tensor  # HxW float32 metres, 0 = invalid
+    boxes: BoxTargets
+    boxes3d: dict[str, Any]  # the parsed gtBbox3d json (its sensor decodes predictions)
+    label_trainids: np.ndarray  # at label resolution, for evaluation
+    label_depth: np.ndarray
+    label_image: np.ndarray  # uint8 RGB at label resolution, for pictures
+
+
+def prepare(ref: SampleRef, spec: TargetSpec) -> Prepared:
+    """Load, validate and convert one sample (raises DataError naming the file on bad input)."""
+    sample = load_sample(ref)
+    assert sample.semantic is not None and sample.disparity is not None
+    assert sample.camera is not None and sample.boxes3d is not None
+    if "sensor" not in sample.boxes3d:
+        raise DataError(
+            ref.paths["boxes3d"],
+            "gtBbox3d json has no 'sensor' (camera of the boxes)",
+            "use Cityscapes 3D gtBbox3d files (cityscapesScripts format)",
+        )
+    trainids = id_to_trainid(sample.semantic)
+    depth = disparity_to_depth(sample.disparity, sample.camera)
+    image = resize_image(sample.image, spec.size)
+    boxes = encode_boxes(sample.boxes3d, spec.size, spec.stride, spec.box_classes, spec.max_objects)
+    return Prepared(
+        key=ref.key,
+        image=normalise(image),
+        trainids=torch.from_numpy(resize_labels(trainids, spec.size).astype(np.int64)),
+        depth=torch.from_numpy(resize_labels(depth, spec.size)),
+        boxes=boxes,
+        boxes3d=sample.boxes3d,
+        label_trainids=trainids,
+        label_depth=depth,
+        label_image=resize_image(sample.image, trainids.shape),
+    )
+
+
+class MultitaskDataset(torch.utils.data.Dataset):
+    """Refs -> training dicts. A bad sample yields ``{"bad": (key, reason)}`` instead of raising,
+    so a long run records it and goes on (``collate`` separates them)."""
+
+    def __init__(self, refs: list[SampleRef], spec: TargetSpec):
+        self.refs = refs
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            p = prepare(self.refs[i], self.spec)
+        except DataError as e:
+            return {"bad": (self.refs[i].key, str(e))}
+        return {
+            "image": p.image,
+            "trainids": p.trainids,
+            "depth": p.depth,
+            "heatmap": torch.from_numpy(p.boxes.heatmap),
+            "box_index": torch.from_numpy(p.boxes.index),
+            "box_reg": torch.from_numpy(p.boxes.reg),
+            "box_mask": torch.from_numpy(p.boxes.mask),
+        }
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the good samples; list the bad ones under "bad" (the trainer logs and skips them)."""
+    good = [it for it in items if "bad" not in it]
+    batch: dict[str, Any] = {"bad": [it["bad"] for it in items if "bad" in it]}
+    if good:
+        batch.update({k: torch.stack([it[k] for it in good]) for k in good[0]})
+    return batch

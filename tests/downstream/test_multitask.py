@@ -1,0 +1,300 @@
+"""The multi-task network (semantics + depth + 3D boxes): geometry against cityscapesscripts'
+own 3D tools and evaluator, data from folders and shards, training, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from downstream.multitask.data import TargetSpec, list_refs, prepare
+from downstream.multitask.evaluate import DepthMetrics, gt_ceiling, score_3d
+from downstream.multitask.geometry import (
+    SensorView,
+    decode_boxes,
+    encode_boxes,
+    perfect_outputs,
+    wrap,
+    yaw_of,
+)
+from downstream.multitask.train import MultitaskConfig, draw_schedule, main, train
+from factory.config import ConfigError, from_dict
+from factory.data.cityscapes import list_cityscapes
+from factory.data.sample import DataError
+from factory.shards.writer import ShardWriter, label_files
+
+CLASSES = ("car",)
+TINY_MODEL = {"embed_dims": 8, "num_layers": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "channels": 16}
+
+
+def _val_refs(cs_root: Path):
+    return list_refs("cityscapes", cs_root, "val")
+
+
+def _nearest(gt_objects, centre):
+    return min(gt_objects, key=lambda g: np.linalg.norm(np.subtract(g["3d"]["center"], centre)))
+
+
+@pytest.mark.parametrize("size", [(64, 128), (128, 256)])
+def test_boxes_survive_encode_decode(cs_root, size):
+    """Every box whose centre is in view comes back from a perfect network's outputs, in the
+    vehicle frame, through cityscapesscripts' Box3dImageTransform - also at another input size."""
+    n_gt = n_back = 0
+    for ref in list_refs("cityscapes", cs_root, "train") + _val_refs(cs_root):
+        gt = json.loads(ref.paths["boxes3d"].read_text())
+        targets = encode_boxes(gt, size, 4, CLASSES, 32)
+        hm, reg = perfect_outputs(targets)
+        objs = decode_boxes(hm, reg, SensorView.from_boxes3d(gt, size), CLASSES, 4)
+        # two centres in one output cell keep one peak (CenterNet's limit): count cells
+        n_gt += len(set(targets.index[targets.mask > 0].tolist()))
+        n_back += len(objs)
+        for o in objs:
+            g = _nearest(gt["objects"], o["3d"]["center"])
+            assert np.allclose(o["3d"]["center"], g["3d"]["center"], atol=1e-4)
+            assert np.allclose(o["3d"]["dimensions"], g["3d"]["dimensions"], rtol=1e-5)
+            assert abs(wrap(yaw_of(o["3d"]["rotation"]) - yaw_of(g["3d"]["rotation"]))) < 1e-5
+            assert o["score"] == pytest.approx(1.0)
+    assert n_gt >= 5 and n_back == n_gt
+
+
+def test_observation_angle_depends_on_where_the_car_is():
+    """Same yaw, left and right of the camera: different regression targets (the network sees
+    the observation angle), and both decode back to that yaw."""
+    sensor = {"fx": 100.0, "fy": 100.0, "u0": 64.0, "v0": 32.0, "baseline": 0.2,
+              "sensor_T_ISO_8855": [[1, 0, 0, -1.7], [0, 1, 0, -0.1], [0, 0, 1, -1.2]]}  # fmt: skip
+    objs = [
+        {"label": "car", "2d": {"amodal": [0, 0, 10, 10]},
+         "3d": {"center": [20.0, y, 0.8], "dimensions": [4.0, 1.8, 1.5], "rotation": [1, 0, 0, 0]}}
+        for y in (6.0, -6.0)
+    ]  # fmt: skip
+    gt = {"imgWidth": 128, "imgHeight": 64, "sensor": sensor, "objects": objs}
+    t = encode_boxes(gt, (64, 128), 4, CLASSES, 8)
+    assert t.mask.sum() == 2
+    a_left, a_right = (math.atan2(t.reg[k, 6], t.reg[k, 7]) for k in range(2))
+    # alpha = yaw - azimuth of the ray from the camera (at x=1.7, y=0.1 in the vehicle frame)
+    assert a_left == pytest.approx(-math.atan2(6.0 - 0.1, 20.0 - 1.7), abs=1e-6)  # float32 targets
+    assert a_right == pytest.approx(math.atan2(6.0 + 0.1, 20.0 - 1.7), abs=1e-6)  # float32 targets
+    back = decode_boxes(*perfect_outputs(t), SensorView.from_boxes3d(gt, (64, 128)), CLASSES, 4)
+    assert sorted(round(yaw_of(o["3d"]["rotation"]), 6) for o in back) == [0.0, 0.0]
+
+
+def test_official_evaluator_scores_decoded_ground_truth_like_ground_truth(cs_root, tmp_path):
+    """cityscapesscripts' evaluate3dObjectDetection gives perfect outputs, decoded, the score of
+    the very ground-truth boxes they came from; a depth error of 30% scores lower."""
+    refs = _val_refs(cs_root)
+    size = (64, 128)
+    perfect, recovered, skewed = {}, {}, {}
+    for ref in refs:
+        gt = json.loads(ref.paths["boxes3d"].read_text())
+        hm, reg = perfect_outputs(encode_boxes(gt, size, 4, CLASSES, 32))
+        view = SensorView.from_boxes3d(gt, size)
+        perfect[ref.key] = decode_boxes(hm, reg, view, CLASSES, 4)
+        # the ground-truth objects themselves (centre in view, one per output cell)
+        recovered[ref.key] = [
+            {**_nearest(gt["objects"], o["3d"]["center"]), "score": 1.0} for o in perfect[ref.key]
+        ]
+        reg_far = reg.copy()
+        reg_far[2] += math.log(1.3)
+        skewed[ref.key] = decode_boxes(hm, reg_far, view, CLASSES, 4)
+    files = {r.key: r.paths["boxes3d"] for r in refs}
+    got = score_3d(files, perfect, tmp_path / "perfect", CLASSES, min_iou=0.5)
+    want = score_3d(files, recovered, tmp_path / "gt", CLASSES, min_iou=0.5)
+    bad = score_3d(files, skewed, tmp_path / "skewed", CLASSES, min_iou=0.5)
+    assert want["mDetection_Score"] > 50
+    assert got == pytest.approx(want, abs=1e-3)
+    assert got["mCenter_Dist"] == pytest.approx(100.0, abs=1e-3)
+    # the official centre score is 1 - BEV distance / 100 m: 30% of ~20 m costs ~6 points
+    assert bad["mCenter_Dist"] < got["mCenter_Dist"] - 5
+    assert bad["mDetection_Score"] < got["mDetection_Score"] - 1
+    assert (tmp_path / "perfect" / "results.json").is_file()
+    ceiling = gt_ceiling(refs, tmp_path / "ceiling", CLASSES, min_iou=0.5)
+    assert ceiling["mDetection_Score"] >= got["mDetection_Score"]
+    assert not Path("eval.log").exists()
+
+
+def test_depth_metrics_on_known_values():
+    gt = np.array([[10.0, 20.0], [0.0, 100.0]], np.float32)  # 0 invalid, 100 beyond max_depth
+    m = DepthMetrics(max_depth=80)
+    m.update(np.array([[10.0, 30.0], [5.0, 1.0]], np.float32), gt)
+    s = m.summary()
+    assert s["pixels"] == 2
+    assert s["AbsRel"] == pytest.approx(0.25)  # (0 + 10/20) / 2
+    assert s["RMSE"] == pytest.approx(math.sqrt(50.0))
+    assert s["delta1"] == pytest.approx(50.0)  # 30/20 = 1.5 fails 1.25
+
+
+def _write_variant_shard(cs_root: Path, out: Path, downscale: int = 2, corrupt: str | None = None) -> Path:
+    """A shard the way the generation job writes one: a smaller image per reference and the
+    reference's own label files (disparity, camera, gtBbox3d included), key <ref>__fog."""
+    out.mkdir(parents=True, exist_ok=True)
+    refs = list_cityscapes(cs_root, "train").refs
+    with_labels = ShardWriter(out / "shard-000000.tar")
+    for ref in refs:
+        rgb = cv2.imread(str(ref.paths["image"]))[:, :, ::-1]
+        h, w = rgb.shape[:2]
+        small = cv2.resize(rgb, (w // downscale, h // downscale), interpolation=cv2.INTER_AREA)
+        meta = {"source_key": ref.key, "variant": "fog", "image_size": [h // downscale, w // downscale],
+                "label_size": [h, w]}  # fmt: skip
+        labels = label_files(ref)
+        if corrupt == ref.key:
+            bad = out.parent / "bad_disparity.png"
+            bad.write_bytes(b"not a png")
+            labels["disparity.png"] = bad
+        with_labels.add(f"{ref.key}__fog", np.ascontiguousarray(small), labels, meta)
+    with_labels.close()
+    return out
+
+
+def test_shard_sample_gives_the_references_targets(cs_root, tmp_path):
+    shards = _write_variant_shard(cs_root, tmp_path / "synth")
+    spec = TargetSpec((64, 128), 4, CLASSES, 32)
+    synth = {r.meta["source_key"]: r for r in list_refs("shards", shards, "train")}
+    real = list_refs("cityscapes", cs_root, "train")
+    assert set(synth) == {r.key for r in real}
+    for ref in real:
+        a, b = prepare(ref, spec), prepare(synth[ref.key], spec)
+        assert b.image.shape == a.image.shape == (3, 64, 128)  # the half-size image resized up
+        assert torch.equal(a.trainids, b.trainids) and torch.equal(a.depth, b.depth)
+        assert np.array_equal(a.boxes.heatmap, b.boxes.heatmap) and np.array_equal(a.boxes.reg, b.boxes.reg)
+        assert (a.depth > 0).float().mean() > 0.3
+
+
+def test_shards_without_3d_labels_are_refused_by_name(ref_shards):
+    with pytest.raises(DataError, match=r"has no \['disparity', 'camera', 'boxes3d'\]") as e:
+        list_refs("shards", ref_shards[0].parent, "train")
+    assert "ref-000000.tar" in str(e.value)
+
+
+def test_draw_schedule_keeps_ratio_and_visits_every_sample():
+    s = draw_schedule(5, 15, 0.75, 40, seed=3)
+    synth = [i >= 5 for i in s]
+    assert sum(synth) == 30 and all(sum(synth[:n]) == math.floor(n * 0.75 + 1e-9) for n in range(41))
+    real_draws, synth_draws = [i for i in s if i < 5], [i for i in s if i >= 5]
+    assert sorted(real_draws[:5]) == [0, 1, 2, 3, 4]  # each pass is a permutation
+    assert sorted(synth_draws[:15]) == sorted(synth_draws[15:30]) == list(range(5, 20))
+    assert draw_schedule(4, 0, 0.5, 8, seed=0) and all(i < 4 for i in draw_schedule(4, 0, 0.5, 8, seed=0))
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"real": None}, "real"),
+        ({"size": [64, 100]}, "size"),
+        ({"eval": {"min_iou": 0}}, "eval.min_iou"),
+        ({"model": {"num_heads": [1, 2]}}, "model.num_heads"),
+        ({"iters": -1}, "iters"),
+        ({"lerning_rate": 0.1}, "lerning_rate"),
+    ],
+)
+def test_bad_config_names_the_field(patch, field):
+    base = {"real": {"kind": "cityscapes", "root": "x"}}
+    with pytest.raises(ConfigError, match=field):
+        from_dict(MultitaskConfig, {**base, **patch})
+
+
+def _cfg(cs_root: Path, out: Path, **kw) -> MultitaskConfig:
+    data = {
+        "real": {"kind": "cityscapes", "root": str(cs_root)},
+        "size": [64, 128],
+        "model": TINY_MODEL,
+        "iters": 6,
+        "batch_size": 2,
+        "checkpoint_every": 3,
+        "out": str(out),
+        **kw,
+    }
+    return from_dict(MultitaskConfig, data)
+
+
+def test_resume_reaches_the_uninterrupted_weights(cs_root, tmp_path, monkeypatch):
+    import downstream.multitask.train as mt
+
+    train(_cfg(cs_root, tmp_path / "straight"))
+    straight = torch.load(tmp_path / "straight" / "latest.pt", weights_only=True)
+
+    real_save = mt._save
+
+    def save_then_die(path, model, opt, step):
+        real_save(path, model, opt, step)
+        if step == 3:
+            raise KeyboardInterrupt("killed after the step-3 checkpoint")
+
+    monkeypatch.setattr(mt, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(cs_root, tmp_path / "killed"))
+    monkeypatch.setattr(mt, "_save", real_save)
+    summary = train(_cfg(cs_root, tmp_path / "killed"), resume=True)
+    resumed = torch.load(tmp_path / "killed" / "latest.pt", weights_only=True)
+    assert summary["resumed_at"] == 3 and resumed["step"] == 6
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+def test_bad_sample_is_recorded_and_training_goes_on(cs_root, tmp_path):
+    victim = list_cityscapes(cs_root, "train").refs[1].key
+    shards = _write_variant_shard(cs_root, tmp_path / "synth", corrupt=victim)
+    cfg = _cfg(cs_root, tmp_path / "run", synth={"kind": "shards", "root": str(shards)}, iters=8)
+    summary = train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    assert summary["bad_samples"] == len(lines) >= 1
+    assert {x["key"] for x in lines} == {f"{victim}__fog"}
+    assert "disparity.png" in lines[0]["reason"]
+    assert summary["steps"] == 8 and (tmp_path / "run" / "latest.pt").is_file()
+
+
+@pytest.mark.slow
+def test_cli_trains_all_three_tasks_and_evaluates(cs_root, tmp_path):
+    """Real + synthetic, 120 steps on the test city: every loss falls, and the evaluation runs
+    all three tasks through their evaluators on the val images."""
+    shards = _write_variant_shard(cs_root, tmp_path / "synth")
+    out = tmp_path / "run"
+    summary = main(
+        [
+            "--config", str(Path(__file__).parents[2] / "configs/downstream/multitask_procedural.yaml"),
+            f"real.root={cs_root}", f"val.root={cs_root}", f"synth={{kind: shards, root: {shards}}}",
+            "iters=120", "checkpoint_every=60", f"out={out}",
+        ]
+    )  # fmt: skip
+    hist = [json.loads(x) for x in (out / "losses.jsonl").read_text().splitlines()]
+    for task in ("semantic", "depth", "heatmap", "total"):
+        first = np.mean([h[task] for h in hist[:10]])
+        last = np.mean([h[task] for h in hist[-10:]])
+        assert last < 0.8 * first, (task, first, last)
+    e = summary["eval"]
+    assert e["images"] == 4 and summary["synth"] == summary["real"] == 6
+    assert 0 < e["semantic"]["mIoU"] <= 100 and e["depth"]["pixels"] > 0
+    assert e["depth"]["delta1"] > 20
+    assert set(e["det3d"]) >= {"mDetection_Score", "mAP", "mCenter_Dist"}
+    assert len(list((out / "eval" / "det3d" / "predBbox3d").glob("*_pred.json"))) == 4
+    assert json.loads((out / "eval" / "metrics.json").read_text()) == e
+    assert cv2.imread(str(out / "eval" / "predictions.png")).shape[1] > 4 * 384
+
+
+@pytest.mark.slow
+def test_multitask_benchmark_table(cs_root, tmp_path):
+    """The Table-3 benchmark trains the three mixes, scores each with the three evaluators and
+    writes the table, the JSON and the plot."""
+    from downstream.benchmarks.multitask import COLUMNS
+    from downstream.benchmarks.multitask import main as bench
+
+    shards = _write_variant_shard(cs_root, tmp_path / "synth")
+    out = tmp_path / "bench"
+    result = bench(
+        [
+            "--lumen", str(shards), "--seeds", "0", "--out", str(out),
+            f"real.root={cs_root}", f"val.root={cs_root}", "iters=4", "batch_size=2",
+            "model.embed_dims=8", "model.num_heads=[1, 1, 2, 2]", "model.channels=16",
+        ]
+    )  # fmt: skip
+    assert list(result["summary"]) == ["real", "LUMEN", "real + LUMEN"]
+    for mix, cols in result["summary"].items():
+        assert set(cols) == set(COLUMNS) and cols["mIoU"]["n"] == 1
+        run = json.loads((out / mix.replace(" + ", "+") / "seed0" / "summary.json").read_text())
+        assert (run["real"], run["synth"]) == {"real": (6, 0), "LUMEN": (0, 6), "real + LUMEN": (6, 6)}[mix]
+    assert 0 < result["gt_ceiling"]["mDetection_Score"] <= 100
+    assert (out / "multitask.png").stat().st_size > 1000 and (out / "multitask.json").is_file()
