@@ -16,6 +16,7 @@ Outputs are at stride 4; evaluation upsamples semantics and depth to the label r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,11 @@ class MultiTaskNet(nn.Module):
         super().__init__()
         from mmseg.models.backbones import MixVisionTransformer
 
+        if cfg.pretrained and not Path(cfg.pretrained).is_file():
+            raise FileNotFoundError(
+                f"model.pretrained: {cfg.pretrained} does not exist (fix: download mmseg's MiT ImageNet "
+                "checkpoint for this size there, or set model.pretrained=null to start from random weights)"
+            )
         init_cfg = dict(type="Pretrained", checkpoint=cfg.pretrained) if cfg.pretrained else None
         self.encoder = MixVisionTransformer(
             embed_dims=cfg.embed_dims,
