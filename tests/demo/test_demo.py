@@ -23,6 +23,7 @@ TINY = [
     "pca_samples=2000",
     "dg_seeds=[0]",
     "dg_max_iters=4",
+    "multitask_iters=4",
 ]
 
 
@@ -45,6 +46,9 @@ def test_demo_runs_every_stage_and_caches(tmp_path, capsys):
     assert (out / "generate" / "contact_sheet.png").is_file()
     dg = json.loads((out / "dg" / "dg.json").read_text())
     assert set(dg["summary"]) == {"real", "real + LUMEN"}
+    assert "Multi-task: do LUMEN images carry" in report and "mDS" in report
+    mt = json.loads((out / "multitask" / "multitask.json").read_text())
+    assert set(mt["summary"]) == {"real", "LUMEN", "real + LUMEN"}
     pca = json.loads((out / "layouts" / "pca.json").read_text())
     assert pca["fit_keys"] and not any("GOPR" in k for k in pca["fit_keys"])
     capsys.readouterr()
