@@ -54,17 +54,22 @@ def list_refs(kind: str, root: str | Path, split: str) -> list[SampleRef]:
     else:
         raise ValueError(f"unknown sample source kind {kind!r}: use 'cityscapes' or 'shards'")
     for ref in refs:
-        missing = [k for k in NEEDED if k not in ref.paths]
-        if missing:
-            where = ref.meta.get("shard", ref.paths["image"])
-            raise DataError(
-                where,
-                f"sample {ref.key!r} has no {missing} (the multi-task network trains semantics, depth "
-                "and 3D boxes)",
-                "use Cityscapes folders with gtFine, disparity, camera and gtBbox3d, or shards generated "
-                "from such references",
-            )
+        require_labels(ref)
     return refs
+
+
+def require_labels(ref: SampleRef) -> None:
+    """DataError naming the sample (and its shard) when a label the network trains on is absent."""
+    missing = [k for k in NEEDED if k not in ref.paths]
+    if missing:
+        where = ref.meta.get("shard", ref.paths["image"])
+        raise DataError(
+            where,
+            f"sample {ref.key!r} has no {missing} (the multi-task network trains semantics, depth "
+            "and 3D boxes)",
+            "use Cityscapes folders with gtFine, disparity, camera and gtBbox3d, or shards generated "
+            "from such references",
+        )
 
 
 def normalise(image: np.ndarray) -> torch.Tensor:
@@ -102,8 +107,9 @@ class Prepared:
 
 def prepare(ref: SampleRef, spec: TargetSpec) -> Prepared:
     """Load, validate and convert one sample (raises DataError naming the file on bad input)."""
+    require_labels(ref)
     sample = load_sample(ref)
-    assert sample.semantic is not None and sample.disparity is not None
+    assert sample.semantic is not None and sample.disparity is not None  # load_sample read them
     assert sample.camera is not None and sample.boxes3d is not None
     if "sensor" not in sample.boxes3d:
         raise DataError(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from downstream.segformer.evaluate import ConfusionMatrix
-from factory.data.sample import SampleRef
+from factory.data.sample import DataError, SampleRef
 
 from .data import Prepared, TargetSpec, prepare
 from .geometry import SensorView, decode_boxes
@@ -131,7 +131,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """All three tasks on ``refs`` (Cityscapes val folders): metrics dict, also written to
     ``out/metrics.json``; the 3D evaluator's files go under ``out/det3d``; the first
-    ``picture_rows`` images are drawn to ``out/predictions.png`` (boxes | semantics | depth)."""
+    ``picture_rows`` images are drawn to ``out/predictions.png`` (boxes | semantics | depth).
+    A val sample that fails to load is listed under ``skipped`` with its reason (and left out of
+    every metric, the 3D evaluator's ground truth included), the rest is evaluated."""
     from .visualise import prediction_row, save_sheet
 
     model.eval()
@@ -140,9 +142,14 @@ def evaluate(
     preds: dict[str, list[dict[str, Any]]] = {}
     gt_files: dict[str, Path] = {}
     rows: list[list[np.ndarray]] = []
+    skipped: list[dict[str, str]] = []
     refs = list(refs)
     for ref in tqdm(refs, desc="evaluate", unit="img"):
-        p: Prepared = prepare(ref, spec)
+        try:
+            p: Prepared = prepare(ref, spec)
+        except DataError as e:
+            skipped.append({"key": ref.key, "reason": str(e)})
+            continue
         o = model(p.image[None])
         label_size = p.label_trainids.shape
         seg = F.interpolate(o["semantic"], size=label_size, mode="bilinear", align_corners=False)
@@ -171,7 +178,8 @@ def evaluate(
         "semantic": cm.summary(),
         "depth": dm.summary(),
         "det3d": score_3d(gt_files, preds, out / "det3d", spec.box_classes, min_iou),
-        "images": len(refs),
+        "images": len(refs) - len(skipped),
+        "skipped": skipped,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -318,3 +318,23 @@ def test_shipped_multitask_configs_build(name):
     assert out["semantic"].shape == (1, 19, 16, 32)
     assert out["heatmap"].shape == (1, len(cfg.box_classes), 16, 32)
     assert out["box_reg"].shape == (1, 8, 16, 32) and out["log_depth"].shape == (1, 16, 32)
+
+
+def test_evaluation_skips_a_corrupt_val_image_and_says_so(cs_root, tmp_path):
+    import shutil
+
+    from downstream.multitask.evaluate import evaluate
+    from downstream.multitask.model import ModelConfig, MultiTaskNet
+
+    root = tmp_path / "cityscapes"
+    shutil.copytree(cs_root, root)
+    refs = _val_refs(root)
+    refs[0].paths["image"].write_bytes(b"\x89PNG truncated")
+    torch.manual_seed(0)
+    net = MultiTaskNet(ModelConfig(**TINY_MODEL))
+    m = evaluate(net, refs, TargetSpec((64, 128), 4, CLASSES, 32), tmp_path / "eval", min_iou=0.5)
+    assert m["images"] == len(refs) - 1
+    assert [s["key"] for s in m["skipped"]] == [refs[0].key]
+    assert refs[0].paths["image"].name in m["skipped"][0]["reason"]
+    gt_copies = sorted(p.name for p in (tmp_path / "eval" / "det3d" / "gtBbox3d").iterdir())
+    assert gt_copies == sorted(f"{r.key}_gtBbox3d.json" for r in refs[1:])
