@@ -24,6 +24,7 @@ from downstream.benchmarks.dg import summarise
 from factory.config import load_config
 
 COLUMNS = ("mIoU", "AbsRel", "delta1", "mDS")
+MIXES = ("real", "LUMEN", "real + LUMEN")
 LOWER_IS_BETTER = {"AbsRel"}
 
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--ratio", type=float, default=0.5, help="share of synthetic draws in 'real + LUMEN'")
+    p.add_argument("--mixes", nargs="+", default=list(MIXES), choices=MIXES, help="training mixes to run")
     p.add_argument(
         "overrides", nargs="*", help="config overrides for every run, e.g. iters=500 real.root=..."
     )
@@ -95,11 +97,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from downstream.multitask.train import MultitaskConfig, train
 
     synth = {"kind": "shards", "root": a.lumen}
-    mixes = {
+    overrides = {
         "real": ["synth=null"],
         "LUMEN": [f"synth={json.dumps(synth)}", "real=null"],
         "real + LUMEN": [f"synth={json.dumps(synth)}", f"ratio={a.ratio}"],
     }
+    mixes = {m: overrides[m] for m in MIXES if m in a.mixes}
     a.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {}
     cfg = None
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overrides": a.overrides,
         "lumen": a.lumen,
         "ratio": a.ratio,
+        "mixes": list(mixes),
         "seeds": a.seeds,
         "runs": runs,
         "summary": summary,

@@ -76,6 +76,7 @@ class MultitaskConfig:
     weight_decay: float = 0.01
     seed: int = 0
     num_workers: int = 0
+    cache: bool = False  # keep prepared samples in memory (small datasets; see MultitaskDataset)
     checkpoint_every: int = 100
     eval: EvalConfig = field(default_factory=EvalConfig)
     out: str = "work_dirs/multitask"
@@ -149,7 +150,7 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
     refs_synth = list_refs(cfg.synth.kind, cfg.synth.root, cfg.synth.split) if cfg.synth else []
     if cfg.real and cfg.synth:
         _check_disjoint(refs_real, refs_synth)
-    dataset = MultitaskDataset(refs_real + refs_synth, cfg.spec)
+    dataset = MultitaskDataset(refs_real + refs_synth, cfg.spec, cache=cfg.cache)
     schedule = draw_schedule(len(refs_real), len(refs_synth), cfg.ratio, cfg.iters * cfg.batch_size, cfg.seed)
 
     model = MultiTaskNet(cfg.model, len(cfg.box_classes))

@@ -338,3 +338,12 @@ def test_evaluation_skips_a_corrupt_val_image_and_says_so(cs_root, tmp_path):
     assert refs[0].paths["image"].name in m["skipped"][0]["reason"]
     gt_copies = sorted(p.name for p in (tmp_path / "eval" / "det3d" / "gtBbox3d").iterdir())
     assert gt_copies == sorted(f"{r.key}_gtBbox3d.json" for r in refs[1:])
+
+
+def test_sample_cache_changes_nothing_but_speed(cs_root, tmp_path):
+    plain = train(_cfg(cs_root, tmp_path / "plain", iters=4))
+    cached = train(_cfg(cs_root, tmp_path / "cached", iters=4, cache=True))
+    a = torch.load(tmp_path / "plain" / "latest.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cached" / "latest.pt", weights_only=True)["model"]
+    assert plain["steps"] == cached["steps"] == 4
+    assert all(torch.equal(a[k], b[k]) for k in a)
