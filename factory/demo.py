@@ -488,6 +488,7 @@ def multitask_lines(mt: dict[str, Any], rel: Callable[[str | Path], str]) -> lis
         lines += [
             f"Claim: real + LUMEN above real-only on 3D car detection (the boxes are the references' "
             f"own) - **{verdict}** at this scale (mDS {b:.1f} vs {a:.1f}; seeds: {s['real']['mDS']['n']}).",
+            "",
             f"All differences, real + LUMEN minus real: mIoU {d['mIoU']:+.1f}, AbsRel {d['AbsRel']:+.3f} "
             f"(lower is better), delta1 {d['delta1']:+.1f}, mDS {d['mDS']:+.1f}.",
         ]
