@@ -106,6 +106,7 @@ train-segformer:  ## train SegFormer: CONFIG=<mmseg config> [SYNTH='<shard glob>
 # Multi-task network (semantics + depth + 3D vehicle boxes, one MiT encoder). CONFIG: a YAML of
 # downstream.multitask.train; SYNTH: a folder of variant shards (they carry the references'
 # disparity, camera and gtBbox3d) mixed in at the config's ratio. Evaluates on the config's val.
+comma := ,
 train-multitask: CONFIG ?= configs/downstream/multitask_procedural.yaml
 train-multitask:  ## multi-task net: CONFIG=<yaml> [SYNTH=<shard folder>] [TRAIN_ARGS='--resume iters=500']
-	$(PY) -m downstream.multitask.train --config $(CONFIG) $(if $(SYNTH),'synth={kind: shards, root: $(SYNTH)}') $(TRAIN_ARGS)
+	$(PY) -m downstream.multitask.train --config $(CONFIG) $(if $(SYNTH),'synth={kind: shards$(comma) root: $(SYNTH)}') $(TRAIN_ARGS)

@@ -347,3 +347,23 @@ def test_sample_cache_changes_nothing_but_speed(cs_root, tmp_path):
     b = torch.load(tmp_path / "cached" / "latest.pt", weights_only=True)["model"]
     assert plain["steps"] == cached["steps"] == 4
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_make_target_passes_synth_as_one_override():
+    """`make train-multitask SYNTH=...` hands the config loader one `synth={...}` override (a
+    comma inside make's $(if ...) once split it and broke the shell command)."""
+    import shlex
+    import subprocess
+
+    repo = Path(__file__).parents[2]
+    cmd = subprocess.run(
+        ["make", "-n", "-s", "train-multitask", "SYNTH=out/shards", "TRAIN_ARGS=iters=5"],
+        cwd=repo, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    argv = shlex.split(cmd)
+    assert argv[1:4] == ["-m", "downstream.multitask.train", "--config"]
+    from factory.config import load_config
+
+    got = load_config(MultitaskConfig, repo / argv[4], argv[5:])
+    assert got.synth is not None and (got.synth.kind, got.synth.root) == ("shards", "out/shards")
+    assert got.iters == 5
