@@ -163,7 +163,7 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
         print(f"resumed from {latest} at step {start}")
-    # One RNG stream per step, so a resumed run draws exactly what the uninterrupted one did.
+    # The draw schedule is fixed up front: a resumed run draws exactly what the uninterrupted one did.
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, schedule[start * cfg.batch_size :]),
         batch_size=cfg.batch_size,
@@ -171,7 +171,9 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
         num_workers=cfg.num_workers,
         collate_fn=collate,
     )
-    bad_log = out / "bad_samples.jsonl"
+    bad_log, loss_log = out / "bad_samples.jsonl", out / "losses.jsonl"
+    for log in (bad_log, loss_log):  # drop lines of steps a resumed run redoes: nothing twice
+        _keep_steps_before(log, start)
     n_bad = 0
     history: list[dict[str, float]] = []
     model.train()
@@ -191,20 +193,19 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
             if not torch.isfinite(ls["total"]):
                 raise FloatingPointError(
                     f"step {step}: loss is {ls['total'].item()} ({ {k: float(v) for k, v in ls.items()} }); "
-                    "lower lr or check the inputs listed in the batch"
+                    f"lower lr, or check this step's samples; {latest} holds the last checkpoint"
                 )
             opt.zero_grad(set_to_none=True)
             ls["total"].backward()
             opt.step()
             history.append({"step": step, **{k: float(v.detach()) for k, v in ls.items()}})
+            with loss_log.open("a") as f:
+                f.write(json.dumps(history[-1]) + "\n")
             bar.set_postfix(loss=f"{history[-1]['total']:.3f}", bad=n_bad)
         step += 1
         if step % cfg.checkpoint_every == 0 or step == cfg.iters:
             _save(latest, model, opt, step)
     train_seconds = time.perf_counter() - t0
-    with (out / "losses.jsonl").open("a") as f:
-        for h in history:
-            f.write(json.dumps(h) + "\n")
     summary: dict[str, Any] = {
         "steps": cfg.iters,
         "resumed_at": start,
@@ -241,6 +242,14 @@ def _check_disjoint(real: list, synth: list) -> None:
             f"{len(both)} synthetic sample keys are also real keys (e.g. {both[:3]})",
             "point synth.root at generated variant shards, not at shards of the real references",
         )
+
+
+def _keep_steps_before(log: Path, step: int) -> None:
+    """Rewrite a per-step JSON-lines log without the lines of steps >= ``step``."""
+    if not log.is_file():
+        return
+    lines = [x for x in log.read_text().splitlines() if x.strip() and json.loads(x)["step"] < step]
+    log.write_text("".join(x + "\n" for x in lines))
 
 
 def _save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:

@@ -217,20 +217,24 @@ def test_resume_reaches_the_uninterrupted_weights(cs_root, tmp_path, monkeypatch
     train(_cfg(cs_root, tmp_path / "straight"))
     straight = torch.load(tmp_path / "straight" / "latest.pt", weights_only=True)
 
-    real_save = mt._save
+    real_losses = mt.losses
+    calls = []
 
-    def save_then_die(path, model, opt, step):
-        real_save(path, model, opt, step)
-        if step == 3:
-            raise KeyboardInterrupt("killed after the step-3 checkpoint")
+    def die_in_step_4(*args):
+        calls.append(1)
+        if len(calls) == 5:  # step 4: after the step-3 checkpoint and step 3's log line
+            raise KeyboardInterrupt("killed during step 4")
+        return real_losses(*args)
 
-    monkeypatch.setattr(mt, "_save", save_then_die)
+    monkeypatch.setattr(mt, "losses", die_in_step_4)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(cs_root, tmp_path / "killed"))
-    monkeypatch.setattr(mt, "_save", real_save)
+    monkeypatch.setattr(mt, "losses", real_losses)
     summary = train(_cfg(cs_root, tmp_path / "killed"), resume=True)
     resumed = torch.load(tmp_path / "killed" / "latest.pt", weights_only=True)
     assert summary["resumed_at"] == 3 and resumed["step"] == 6
+    logged = [json.loads(x)["step"] for x in (tmp_path / "killed" / "losses.jsonl").read_text().splitlines()]
+    assert logged == list(range(6))  # step 3 ran twice (before and after the kill), logged once
     for k, v in straight["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
 
