@@ -105,8 +105,12 @@ class Prepared:
     label_image: np.ndarray  # uint8 RGB at label resolution, for pictures
 
 
-def prepare(ref: SampleRef, spec: TargetSpec) -> Prepared:
-    """Load, validate and convert one sample (raises DataError naming the file on bad input)."""
+def prepare(ref: SampleRef, spec: TargetSpec, flip: bool = False) -> Prepared:
+    """Load, validate and convert one sample (raises DataError naming the file on bad input).
+
+    ``flip`` mirrors the network's inputs and targets left-right (training augmentation); the
+    label-resolution fields used by evaluation are never flipped.
+    """
     require_labels(ref)
     sample = load_sample(ref)
     assert sample.semantic is not None and sample.disparity is not None  # load_sample read them
@@ -120,12 +124,18 @@ def prepare(ref: SampleRef, spec: TargetSpec) -> Prepared:
     trainids = id_to_trainid(sample.semantic)
     depth = disparity_to_depth(sample.disparity, sample.camera)
     image = resize_image(sample.image, spec.size)
-    boxes = encode_boxes(sample.boxes3d, spec.size, spec.stride, spec.box_classes, spec.max_objects)
+    net_trainids = resize_labels(trainids, spec.size)
+    net_depth = resize_labels(depth, spec.size)
+    if flip:
+        image, net_trainids, net_depth = (
+            np.ascontiguousarray(a[:, ::-1]) for a in (image, net_trainids, net_depth)
+        )
+    boxes = encode_boxes(sample.boxes3d, spec.size, spec.stride, spec.box_classes, spec.max_objects, flip)
     return Prepared(
         key=ref.key,
         image=normalise(image),
-        trainids=torch.from_numpy(resize_labels(trainids, spec.size).astype(np.int64)),
-        depth=torch.from_numpy(resize_labels(depth, spec.size)),
+        trainids=torch.from_numpy(net_trainids.astype(np.int64)),
+        depth=torch.from_numpy(net_depth),
         boxes=boxes,
         boxes3d=sample.boxes3d,
         label_trainids=trainids,
@@ -138,6 +148,9 @@ class MultitaskDataset(torch.utils.data.Dataset):
     """Refs -> training dicts. A bad sample yields ``{"bad": (key, reason)}`` instead of raising,
     so a long run records it and goes on (``collate`` separates them).
 
+    Index ``i`` in ``[0, n)`` is sample ``i``; ``n + i`` is the same sample mirrored left-right
+    (so a precomputed schedule fixes the augmentation too, and a resumed run repeats it).
+
     ``cache=True`` keeps every prepared sample in memory (each loader worker its own copy): at
     64x128 decoding and validating a sample costs about a third of a tiny model's CPU step, and
     480 samples take ~100 MB. Leave it off for full-resolution Cityscapes.
@@ -149,7 +162,7 @@ class MultitaskDataset(torch.utils.data.Dataset):
         self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
     def __len__(self) -> int:
-        return len(self.refs)
+        return 2 * len(self.refs)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self._cache is None:
@@ -159,10 +172,12 @@ class MultitaskDataset(torch.utils.data.Dataset):
         return self._cache[i]
 
     def _load(self, i: int) -> dict[str, Any]:
+        n = len(self.refs)
+        ref = self.refs[i % n]
         try:
-            p = prepare(self.refs[i], self.spec)
+            p = prepare(ref, self.spec, flip=i >= n)
         except DataError as e:
-            return {"bad": (self.refs[i].key, str(e))}
+            return {"bad": (ref.key, str(e))}
         return {
             "image": p.image,
             "trainids": p.trainids,

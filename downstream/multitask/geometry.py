@@ -136,8 +136,15 @@ def encode_boxes(
     stride: int,
     classes: tuple[str, ...],
     max_objects: int,
+    flip: bool = False,
 ) -> BoxTargets:
-    """gtBbox3d json -> BoxTargets for a network input of ``input_size`` (H, W)."""
+    """gtBbox3d json -> BoxTargets for a network input of ``input_size`` (H, W).
+
+    ``flip``: targets for the horizontally mirrored input - centre column u -> W - u and
+    observation angle alpha -> -alpha (the mirrored scene seen by the mirrored camera); depth and
+    dimensions do not change. As usual for this augmentation, the principal point's offset from
+    the image centre (Cityscapes: 3.5% of the width) is not mirrored.
+    """
     view = SensorView.from_boxes3d(boxes3d, input_size)
     h, w = input_size[0] // stride, input_size[1] // stride
     heatmap = np.zeros((len(classes), h, w), np.float32)
@@ -154,6 +161,8 @@ def encode_boxes(
             skipped += 1
             continue
         u, v = view.project(centre_s)
+        if flip:
+            u = input_size[1] - u
         cu, cv = u / stride, v / stride
         cx, cy = int(math.floor(cu)), int(math.floor(cv))
         if not (0 <= cx < w and 0 <= cy < h) or k >= max_objects:
@@ -164,6 +173,8 @@ def encode_boxes(
         sigma = max(0.8, max(aw * view.sx, ah * view.sy) / stride / 6.0)
         _draw_gaussian(heatmap[classes.index(obj["label"])], cx, cy, sigma)
         alpha = wrap(yaw_of(b3["rotation"]) - ray_azimuth(view, centre_s))
+        if flip:
+            alpha = -alpha
         length, width, height = (max(float(d), 1e-3) for d in b3["dimensions"])
         reg[k] = [
             cu - cx,

@@ -6,7 +6,9 @@
 The synthetic shards carry each reference's own disparity, camera and gtBbox3d bytes, so the
 same losses train on them as on the real folders. With both ``real`` and ``synth`` given, draw
 ``t`` of the schedule is synthetic exactly when ``floor((t+1) r) > floor(t r)`` (the SegFormer
-sampler's rule), so every batch holds the configured share ``r = ratio``.
+sampler's rule), so every batch holds the configured share ``r = ratio``. With probability
+``flip`` a draw is mirrored left-right (image, labels and 3D-box targets together); the whole
+schedule, mirroring included, is fixed by the seed before the first step.
 
 A plain PyTorch loop (no mmengine runner: the model is ours, not an mmseg segmentor):
 a checkpoint (model, optimiser, step, sampler state is implied by the step) every
@@ -77,6 +79,7 @@ class MultitaskConfig:
     seed: int = 0
     num_workers: int = 0
     cache: bool = False  # keep prepared samples in memory (small datasets; see MultitaskDataset)
+    flip: float = 0.5  # probability of mirroring a training sample left-right (inputs and targets)
     checkpoint_every: int = 100
     eval: EvalConfig = field(default_factory=EvalConfig)
     out: str = "work_dirs/multitask"
@@ -101,6 +104,7 @@ class MultitaskConfig:
         check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
         check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(0.0 <= self.flip <= 1.0, "flip", f"is a probability in [0, 1], got {self.flip}")
         check(self.checkpoint_every > 0, "checkpoint_every", "must be positive")
 
     @property
@@ -108,11 +112,14 @@ class MultitaskConfig:
         return TargetSpec(tuple(self.size), STRIDE, tuple(self.box_classes), self.max_objects)  # type: ignore[arg-type]
 
 
-def draw_schedule(n_real: int, n_synth: int, ratio: float, total: int, seed: int) -> list[int]:
+def draw_schedule(
+    n_real: int, n_synth: int, ratio: float, total: int, seed: int, flip: float = 0.0
+) -> list[int]:
     """The first ``total`` dataset indices (real first, then synthetic) of a seeded schedule.
 
     Each source is walked through its own reshuffled permutation (every sample once per pass);
-    with both sources, draw t is synthetic iff floor((t+1) r) > floor(t r).
+    with both sources, draw t is synthetic iff floor((t+1) r) > floor(t r). With probability
+    ``flip`` a draw takes the mirrored copy (index + n_real + n_synth, see MultitaskDataset).
     """
     from downstream.segformer.sampler import is_synth_draw
 
@@ -129,7 +136,8 @@ def draw_schedule(n_real: int, n_synth: int, ratio: float, total: int, seed: int
             start, n = pools[src]
             queues[src] = list(start + rng.permutation(n))
         out.append(int(queues[src].pop(0)))
-    return out
+    mirror = np.random.default_rng([seed, 1]).random(total) < flip
+    return [i + (n_real + n_synth) * int(m) for i, m in zip(out, mirror)]
 
 
 def _lr_at(cfg: MultitaskConfig, step: int) -> float:
@@ -151,7 +159,9 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
     if cfg.real and cfg.synth:
         _check_disjoint(refs_real, refs_synth)
     dataset = MultitaskDataset(refs_real + refs_synth, cfg.spec, cache=cfg.cache)
-    schedule = draw_schedule(len(refs_real), len(refs_synth), cfg.ratio, cfg.iters * cfg.batch_size, cfg.seed)
+    schedule = draw_schedule(
+        len(refs_real), len(refs_synth), cfg.ratio, cfg.iters * cfg.batch_size, cfg.seed, cfg.flip
+    )
 
     model = MultiTaskNet(cfg.model, len(cfg.box_classes))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -371,3 +371,45 @@ def test_make_target_passes_synth_as_one_override():
     got = load_config(MultitaskConfig, repo / argv[4], argv[5:])
     assert got.synth is not None and (got.synth.kind, got.synth.root) == ("shards", "out/shards")
     assert got.iters == 5
+
+
+def test_mirrored_targets_mirror_the_centre_and_the_observation_angle(cs_root):
+    size, s = (64, 128), 4
+    for ref in list_refs("cityscapes", cs_root, "train"):
+        gt = json.loads(ref.paths["boxes3d"].read_text())
+        a = encode_boxes(gt, size, s, CLASSES, 32)
+        b = encode_boxes(gt, size, s, CLASSES, 32, flip=True)
+        assert a.mask.sum() == b.mask.sum()
+        for k in np.nonzero(a.mask)[0]:
+            ua = (a.index[k] % (size[1] // s) + a.reg[k, 0]) * s
+            ub = (b.index[k] % (size[1] // s) + b.reg[k, 0]) * s
+            assert ub == pytest.approx(size[1] - ua, abs=1e-4)
+            assert a.index[k] // (size[1] // s) == b.index[k] // (size[1] // s)  # same row
+            assert np.allclose(b.reg[k, 1:6], a.reg[k, 1:6])  # v offset, depth, dimensions
+            assert math.atan2(b.reg[k, 6], b.reg[k, 7]) == pytest.approx(
+                -math.atan2(a.reg[k, 6], a.reg[k, 7]), abs=1e-6
+            )
+
+
+def test_dataset_mirror_index_is_the_flipped_sample(cs_root):
+    from downstream.multitask.data import MultitaskDataset
+
+    refs = list_refs("cityscapes", cs_root, "train")
+    ds = MultitaskDataset(refs, TargetSpec((64, 128), 4, CLASSES, 32))
+    assert len(ds) == 2 * len(refs)
+    i = max(range(len(refs)), key=lambda j: len(json.loads(refs[j].paths["boxes3d"].read_text())["objects"]))
+    a, b = ds[i], ds[len(refs) + i]
+    for name in ("image", "trainids", "depth"):
+        assert torch.equal(b[name], torch.flip(a[name], dims=[-1])), name
+    assert a["box_mask"].sum() > 0 and torch.equal(b["box_mask"], a["box_mask"])
+    assert torch.allclose(b["box_reg"][:, 2:6], a["box_reg"][:, 2:6])  # depth and size unchanged
+
+
+def test_schedule_flips_the_requested_share_of_draws():
+    n = 20
+    plain = draw_schedule(5, 15, 0.75, 400, seed=3)
+    mixed = draw_schedule(5, 15, 0.75, 400, seed=3, flip=0.5)
+    assert [i % n for i in mixed] == plain  # same samples in the same order
+    share = np.mean([i >= n for i in mixed])
+    assert 0.4 < share < 0.6
+    assert draw_schedule(5, 15, 0.75, 40, seed=3, flip=0.0) == draw_schedule(5, 15, 0.75, 40, seed=3)
