@@ -1,7 +1,7 @@
 """Train the multi-task network (semantics + depth + 3D vehicle boxes) on real and/or synthetic data.
 
     python -m downstream.multitask.train --config configs/downstream/multitask_procedural.yaml \
-        synth.root=outputs/demo/generate/shards out=work_dirs/multitask/real+lumen
+        'synth={kind: shards, root: outputs/demo/generate/shards}' out=work_dirs/multitask/real+lumen
 
 The synthetic shards carry each reference's own disparity, camera and gtBbox3d bytes, so the
 same losses train on them as on the real folders. With both ``real`` and ``synth`` given, draw
