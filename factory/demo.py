@@ -143,19 +143,24 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "stages").mkdir(exist_ok=True)
         t_all = time.perf_counter()
+        ran_one = False
         for i, name in enumerate(STAGES, 1):
             # A stage's fingerprint chains the previous one's: a changed budget reruns what follows.
             self.fingerprint = _digest(self.fingerprint, name, to_dict(self.cfg))
             marker = self.out / "stages" / f"{name}.json"
             banner = f"[{i}/{len(STAGES)}] {name}"
-            if name not in self.force and marker.is_file():
+            # Once a stage has run (forced, new inputs, or unfinished), every later stage reruns
+            # from scratch too: its inputs may have changed even though the budgets did not.
+            forced = name in self.force or ran_one
+            if not forced and marker.is_file():
                 done = json.loads(marker.read_text())
                 if done.get("fingerprint") == self.fingerprint:
                     print(f"{banner}: cached ({done['seconds']:.0f} s when it ran)", flush=True)
                     self.results[name] = done["result"]
                     continue
             print(f"\n{'=' * 78}\n{banner}\n{'=' * 78}", flush=True)
-            self._prepare_outputs(name)
+            self._prepare_outputs(name, forced)
+            ran_one = True
             t0 = time.perf_counter()
             result = getattr(self, f"stage_{name}")()
             seconds = time.perf_counter() - t0
@@ -183,18 +188,19 @@ class Demo:
             "report": [],
         }[name]
 
-    def _prepare_outputs(self, name: str) -> None:
+    def _prepare_outputs(self, name: str, forced: bool) -> None:
         """Keep a stage's partial outputs only when they came from the same inputs.
 
         The stage commands resume (training from its last checkpoint, jobs from their manifest),
         which is what an interrupted demo wants; but outputs left by a run with other inputs (a
         changed budget, a retrained base model) would be resumed as if they were current - e.g. a
         PCA fitted on the old base model's features. So a ``<name>.started`` marker records the
-        fingerprint a stage began with; a different or missing one wipes the stage's folders.
+        fingerprint a stage began with; a different or missing one wipes the stage's folders, as
+        does ``forced`` (``--force``, or an earlier stage of this run that ran again).
         """
         started = self.out / "stages" / f"{name}.started"
         same = started.is_file() and started.read_text().strip() == self.fingerprint
-        if not same or name in self.force:
+        if not same or forced:
             for path in self.stage_outputs(name):
                 if path.exists():
                     print(f"  removing stale outputs {path}", flush=True)

@@ -58,6 +58,11 @@ def test_demo_runs_every_stage_and_caches(tmp_path, capsys):
     assert main(["--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert printed.count(": cached") == len(STAGES)
+    # Forcing a stage reruns it and everything after it (the report must not describe old results).
+    assert main(["--out", str(out), *TINY, "--force", "multitask"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": cached") == STAGES.index("multitask")
+    assert "multitask: done in" in printed and "report: done in" in printed
 
 
 def test_weather_claim_is_checked_against_the_numbers():
