@@ -89,7 +89,7 @@ class DemoConfig:
     # is a third mix the standalone benchmark runs, left out here for the time budget
     multitask_mixes: list[str] = field(default_factory=lambda: ["real", "real + LUMEN"])
     multitask_seeds: list[int] = field(default_factory=lambda: [0])
-    multitask_iters: int = 500
+    multitask_iters: int = 300
     threads: int = 2
 
     def __post_init__(self) -> None:
