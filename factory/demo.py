@@ -99,11 +99,12 @@ class DemoConfig:
         check(len(self.dg_seeds) >= 1, "dg_seeds", "give at least one seed")
         check(0.0 < self.dg_ratio < 1.0, "dg_ratio", f"must be in (0, 1), got {self.dg_ratio}")
         check(len(self.multitask_seeds) >= 1, "multitask_seeds", "give at least one seed")
-        allowed = ("real", "LUMEN", "real + LUMEN")
+        from downstream.benchmarks.multitask import MIXES
+
         check(
-            len(self.multitask_mixes) >= 1 and set(self.multitask_mixes) <= set(allowed),
+            len(self.multitask_mixes) >= 1 and set(self.multitask_mixes) <= set(MIXES),
             "multitask_mixes",
-            f"{self.multitask_mixes}: choose among {list(allowed)}",
+            f"{self.multitask_mixes}: choose among {list(MIXES)}",
         )
         check(self.multitask_iters >= 1, "multitask_iters", f"must be positive, got {self.multitask_iters}")
 
@@ -339,6 +340,7 @@ class Demo:
 
     def stage_multitask(self) -> dict:
         from downstream.benchmarks import multitask
+        from downstream.benchmarks.common import run_dir
 
         out = self.out / "multitask"
         cs = self.city / "cityscapes"
@@ -356,8 +358,7 @@ class Demo:
             "gt_ceiling": result["gt_ceiling"],
             "json": str(out / "multitask.json"),
             "pictures": {
-                mix: str(out / mix.replace(" + ", "+") / f"seed{seed}" / "eval" / "predictions.png")
-                for mix in result["summary"]
+                mix: str(run_dir(out, mix, seed) / "eval" / "predictions.png") for mix in result["summary"]
             },
         }
 

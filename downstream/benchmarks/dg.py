@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from downstream.benchmarks.common import run_dir, save_result, summarise
 from factory.data.sample import DataError
 
 COLUMNS = ("CS", "Rain", "Fog", "Snow", "Night", "Avg")
@@ -76,23 +77,6 @@ def check_pca_meta(path: str | Path, forbidden: set[str]) -> int:
         f"PCA sidecar lists no fitted sample keys (looked for {list(PCA_KEY_FIELDS)})",
         "re-fit the PCA with a version that records its sample keys, so the ACDC guard can check them",
     )
-
-
-def summarise(
-    runs: dict[str, list[dict[str, float]]], columns: tuple[str, ...] = COLUMNS
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Per mix and column: mean and sample std (0 for a single seed) over seeds."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for mix, rows in runs.items():
-        out[mix] = {}
-        for c in columns:
-            v = np.array([r[c] for r in rows], dtype=np.float64)
-            out[mix][c] = {
-                "mean": float(v.mean()),
-                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                "n": len(v),
-            }
-    return out
 
 
 def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -222,11 +206,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {}
     for mix, synth in mixes.items():
         for seed in a.seeds:
-            wd = a.out / mix.replace(" + ", "+").replace(" ", "_") / f"seed{seed}"
+            wd = run_dir(a.out, mix, seed)
             runs.setdefault(mix, []).append(
                 run_one(a.config, synth, a.ratio, seed, a.max_iters, wd, forbidden)
             )
-    summary = summarise(runs)
+    summary = summarise(runs, COLUMNS)
     table = format_table(summary)
     print(table)
     result = {
@@ -239,10 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summary,
         "table": table,
     }
-    (a.out / "dg.json").write_text(json.dumps(result, indent=2))
-    plot(summary, a.out / "dg.png")
-    print(f"wrote {a.out / 'dg.json'} and {a.out / 'dg.png'}")
-    return result
+    return save_result(a.out, "dg", result, plot)
 
 
 if __name__ == "__main__":

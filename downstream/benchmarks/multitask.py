@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from downstream.benchmarks.dg import summarise
+from downstream.benchmarks.common import run_dir, save_result, summarise
 from factory.config import load_config
 
 COLUMNS = ("mIoU", "AbsRel", "delta1", "mDS")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = None
     for mix, extra in mixes.items():
         for seed in a.seeds:
-            wd = a.out / mix.replace(" + ", "+") / f"seed{seed}"
+            wd = run_dir(a.out, mix, seed)
             cfg = load_config(MultitaskConfig, a.config, [*a.overrides, *extra, f"seed={seed}", f"out={wd}"])
             if cfg.val is None:
                 p.error("the config needs a val source: the benchmark evaluates every run")
@@ -132,10 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gt_ceiling": ceiling,
         "table": table,
     }
-    (a.out / "multitask.json").write_text(json.dumps(result, indent=2))
-    plot(summary, a.out / "multitask.png")
-    print(f"wrote {a.out / 'multitask.json'} and {a.out / 'multitask.png'}")
-    return result
+    return save_result(a.out, "multitask", result, plot)
 
 
 if __name__ == "__main__":

@@ -248,14 +248,12 @@ def decode_boxes(
     ]
 
 
-def perfect_outputs(targets: BoxTargets, reg_dims: int = REG_DIMS) -> tuple[np.ndarray, np.ndarray]:
-    """The outputs a perfect network would give for ``targets`` (heatmap, dense regression map).
-
-    Used by tests and by the evaluator's ceiling row: decode(perfect_outputs(encode(gt))) must
-    give back the ground truth boxes.
-    """
-    c, h, w = targets.heatmap.shape
-    dense = np.zeros((reg_dims, h * w), np.float32)
+def perfect_outputs(targets: BoxTargets) -> tuple[np.ndarray, np.ndarray]:
+    """The outputs a perfect network would give for ``targets`` (heatmap, dense regression map):
+    decode(perfect_outputs(encode(gt))) must give back the ground-truth boxes (the tests' check
+    of the encoding against cityscapesscripts' own geometry and evaluator)."""
+    _, h, w = targets.heatmap.shape
+    dense = np.zeros((REG_DIMS, h * w), np.float32)
     for k in np.nonzero(targets.mask)[0]:
         dense[:, targets.index[k]] = targets.reg[k]
-    return targets.heatmap.copy(), dense.reshape(reg_dims, h, w)
+    return targets.heatmap.copy(), dense.reshape(REG_DIMS, h, w)

@@ -185,7 +185,6 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
     for log in (bad_log, loss_log):  # drop lines of steps a resumed run redoes: nothing twice
         _keep_steps_before(log, start)
     n_bad = 0
-    history: list[dict[str, float]] = []
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(loader, total=cfg.iters - start, initial=0, desc="multitask", unit="step")
@@ -208,10 +207,10 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             ls["total"].backward()
             opt.step()
-            history.append({"step": step, **{k: float(v.detach()) for k, v in ls.items()}})
+            logged = {"step": step, **{k: float(v.detach()) for k, v in ls.items()}}
             with loss_log.open("a") as f:
-                f.write(json.dumps(history[-1]) + "\n")
-            bar.set_postfix(loss=f"{history[-1]['total']:.3f}", bad=n_bad)
+                f.write(json.dumps(logged) + "\n")
+            bar.set_postfix(loss=f"{logged['total']:.3f}", bad=n_bad)
         step += 1
         if step % cfg.checkpoint_every == 0 or step == cfg.iters:
             _save(latest, model, opt, step)
