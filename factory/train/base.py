@@ -13,8 +13,14 @@ What it does, top to bottom:
    components, optionally rescaled to zero terminal SNR) jointly with the text encoder, with
    caption dropout so classifier-free guidance works;
 4. save a diffusers ``StableDiffusionPipeline`` folder (``safety_checker=None``) atomically,
-   plus ``lumen_base.json`` (config, timings, losses) and a preview grid with per-weather image
-   statistics (does "at night" come out darker, "in fog" flatter?).
+   plus ``lumen_base.json`` (config, timings, loss curves) and a preview grid with per-weather
+   image statistics (does "at night" come out darker, "in fog" flatter?).
+
+A long run is resumable: after the VAE phase and every ``checkpoint_every`` U-Net steps the
+whole training state (weights, optimiser, schedule, random generator, losses) is written
+atomically to ``<out>.ckpt/latest.pt``; rerunning the same command continues from it and ends
+with the same weights as an uninterrupted run. Budgets are step counts (``max_minutes`` is an
+optional safety stop, recorded when it fires), so the result does not depend on the machine.
 
 Usage::
 
@@ -31,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -76,6 +83,10 @@ class BaseTrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 50
+    # "constant": constant after warm-up (stopping early leaves a consistent model);
+    # "cosine": decays to 0 at unet_steps (better final weights for a long, fixed budget)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    checkpoint_every: int = 250  # U-Net steps between resumable checkpoints (0: none)
     max_minutes: float | None = None  # stop the U-Net phase early on a slow machine (recorded)
     train_text_encoder: bool = True
     text_lr: float = 3e-4
@@ -132,9 +143,9 @@ class BaseTrainConfig:
             "captions",
             f"no caption for conditions {missing}; add e.g. captions.{missing[0] if missing else ''}='...'",
         )
-        for name in ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "threads"):
+        for name in ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "threads", "checkpoint_every"):
             check(
-                getattr(self, name) >= (0 if name.endswith("_steps") else 1),
+                getattr(self, name) >= (0 if name.endswith(("_steps", "_every")) else 1),
                 name,
                 f"out of range: {getattr(self, name)}",
             )
@@ -264,9 +275,19 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 def train_unet(
-    components, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str], cfg: BaseTrainConfig, g
+    components,
+    latents: tuple[torch.Tensor, torch.Tensor],
+    captions: list[str],
+    cfg: BaseTrainConfig,
+    g: torch.Generator,
+    ckpt: Checkpoint | None = None,
 ) -> list[float]:
-    """Denoising training (``cfg.prediction_type``) of the U-Net and text encoder on the cached latents."""
+    """Denoising training (``cfg.prediction_type``) of the U-Net and text encoder on the cached latents.
+
+    With ``ckpt``, continues from its saved U-Net state (if any) and saves one every
+    ``cfg.checkpoint_every`` steps; the random draws come from ``g`` only, so a resumed run
+    repeats exactly what the uninterrupted one would have done.
+    """
     from diffusers.optimization import get_scheduler
 
     from factory.models import denoising_target
@@ -290,13 +311,25 @@ def train_unet(
     if cfg.train_text_encoder:
         groups.append({"params": list(te.parameters()), "lr": cfg.text_lr})
     opt = torch.optim.AdamW(groups, weight_decay=1e-2)
-    # constant after warmup: stopping early on max_minutes leaves a consistent model
-    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.warmup_steps)
+    lr_sched = get_scheduler(
+        "constant_with_warmup" if cfg.lr_schedule == "constant" else "cosine",
+        opt,
+        num_warmup_steps=cfg.warmup_steps,
+        num_training_steps=cfg.unet_steps,
+    )
     T = sched.config.num_train_timesteps
-    losses = []
-    bar = tqdm(range(cfg.unet_steps), desc="unet", leave=False)
+    losses: list[float] = []
+    state = ckpt.state.get("unet_phase") if ckpt else None
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        te.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_schedule"])
+        g.set_state(state["generator"])
+        losses = list(state["losses"])
+    bar = tqdm(range(len(losses), cfg.unet_steps), desc="unet", initial=len(losses), total=cfg.unet_steps)
     deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes else None
-    for _ in bar:
+    for step in bar:
         if deadline is not None and time.perf_counter() > deadline:
             break
         idx = torch.randint(0, 2 * n_pool, (cfg.batch_size,), generator=g)
@@ -320,6 +353,17 @@ def train_unet(
         lr_sched.step()
         losses.append(float(loss))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            ckpt.save(
+                unet_phase={
+                    "unet": unet.state_dict(),
+                    "text_encoder": te.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "lr_schedule": lr_sched.state_dict(),
+                    "generator": g.get_state(),
+                    "losses": losses,
+                }
+            )
     unet.eval()
     te.eval()
     return losses
@@ -394,8 +438,19 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     timings["render_s"] = time.perf_counter() - t0
 
     pixels = torch.from_numpy(pool).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    out = Path(cfg.out)
+    ckpt = Checkpoint(out, cfg)
     t1 = time.perf_counter()
-    vae_losses = train_vae(components.vae, pixels, cfg, g)
+    vae_state = ckpt.state.get("vae_phase")
+    if vae_state is None:
+        vae_losses = train_vae(components.vae, pixels, cfg, g)
+        ckpt.save(vae_phase={"vae": components.vae.state_dict(), "generator": g.get_state(), "losses": vae_losses})
+    else:
+        print(f"resuming from {ckpt.path}", flush=True)
+        components.vae.load_state_dict(vae_state["vae"])
+        components.vae.eval()
+        g.set_state(vae_state["generator"])
+        vae_losses = list(vae_state["losses"])
     timings["vae_s"] = time.perf_counter() - t1
     mean, std = encode_pool(components.vae, pixels)
     scaling = float(1.0 / mean.std())
@@ -403,11 +458,10 @@ def train_base(cfg: BaseTrainConfig) -> Path:
 
     t2 = time.perf_counter()
     captions = [cfg.captions[w] for w in weathers]
-    unet_losses = train_unet(components, (mean, std), captions, cfg, g)
+    unet_losses = train_unet(components, (mean, std), captions, cfg, g, ckpt)
     timings["unet_s"] = time.perf_counter() - t2
     timings["train_total_s"] = time.perf_counter() - t0
 
-    out = Path(cfg.out)
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -422,6 +476,9 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "vae_loss": {"first": vae_losses[0] if vae_losses else None, "last50": _tail(vae_losses)},
         "unet_loss": {"first": unet_losses[0] if unet_losses else None, "last50": _tail(unet_losses)},
+        # the whole curves, as means of 50-step windows (the recipe of a shipped model shows them)
+        "loss_curves": {"vae": _windows(vae_losses), "unet": _windows(unet_losses)},
+        "resumed": ckpt.resumed,
         "unet_steps_done": len(unet_losses),
         "weather_stats": stats,
         "torch_threads": torch.get_num_threads(),
@@ -432,7 +489,57 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
+    ckpt.remove()
     return out
+
+
+class Checkpoint:
+    """The resumable training state of one base-model run, beside its output folder.
+
+    ``<out>.ckpt/latest.pt`` holds tensors and plain containers only (loaded with
+    ``weights_only=True``) plus the digest of the recipe it belongs to: a checkpoint of another
+    recipe is refused with the fix, never silently continued.
+    """
+
+    def __init__(self, out: Path, cfg: BaseTrainConfig):
+        self.path = out.with_name(out.name + ".ckpt") / "latest.pt"
+        self.recipe = recipe_digest(cfg)
+        self.state: dict[str, Any] = {}
+        self.resumed = False
+        if self.path.is_file():
+            state = torch.load(self.path, weights_only=True)
+            if state.get("recipe") != self.recipe:
+                raise ValueError(
+                    f"{self.path} belongs to another recipe (digest {state.get('recipe')} != {self.recipe}); "
+                    f"delete {self.path.parent} to start over, or rerun with the config that wrote it"
+                )
+            self.state = state
+            self.resumed = True
+
+    def save(self, **phase: Any) -> None:
+        from factory.atomic import atomic_torch_save
+
+        self.state.update(phase)
+        self.state["recipe"] = self.recipe
+        atomic_torch_save(self.path, self.state)
+
+    def remove(self) -> None:
+        if self.path.parent.is_dir():
+            shutil.rmtree(self.path.parent)
+
+
+def recipe_digest(cfg: BaseTrainConfig) -> str:
+    """What defines the weights: every field but where they go, threads, checkpointing and preview."""
+    from factory.atomic import digest
+
+    fields = to_dict(cfg)
+    for name in ("out", "threads", "checkpoint_every", "max_minutes", "preview_steps", "preview_guidance", "preview_per_condition"):
+        fields.pop(name, None)
+    return digest(fields)
+
+
+def _windows(losses: list[float], n: int = 50) -> list[float]:
+    return [round(float(np.mean(losses[i : i + n])), 5) for i in range(0, len(losses), n)]
 
 
 def _tail(losses: list[float], n: int = 50) -> float | None:

@@ -94,3 +94,52 @@ def test_shipped_configs_load(name):
         assert Path(name).stem.endswith(cfg.condition.kind), (
             "a ControlNet config is named after its condition"
         )
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {
+        f"{part}.{k}": v
+        for part in ("unet", "text_encoder", "vae")
+        for k, v in load_file(next((folder / part).glob("*.safetensors"))).items()
+    }
+
+
+def test_base_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """Killed after the step-2 checkpoint, a rerun continues there and ends bit-identical."""
+    from factory.train import base
+
+    recipe = dict(unet_steps=4, checkpoint_every=2, preview_per_condition=0, lr_schedule="cosine")
+    straight = train_base(tiny_base(tmp_path / "a", **recipe))
+    assert not (tmp_path / "a.ckpt").exists()  # removed once the model is saved
+
+    calls = {"n": 0}
+    real_save = base.Checkpoint.save
+
+    def save_then_die(self, **phase):
+        real_save(self, **phase)
+        if "unet_phase" in phase:
+            calls["n"] += 1
+            raise KeyboardInterrupt("killed after the first U-Net checkpoint")
+
+    monkeypatch.setattr(base.Checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_base(tiny_base(tmp_path / "b", **recipe))
+    monkeypatch.setattr(base.Checkpoint, "save", real_save)
+    state = torch.load(tmp_path / "b.ckpt" / "latest.pt", weights_only=True)
+    assert len(state["unet_phase"]["losses"]) == 2
+    resumed = train_base(tiny_base(tmp_path / "b", **recipe))
+    meta = json.loads((resumed / "lumen_base.json").read_text())
+    assert meta["resumed"] and meta["unet_steps_done"] == 4 and len(meta["loss_curves"]["unet"]) == 1
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_base_refuses_a_checkpoint_of_another_recipe(tmp_path):
+    from factory.train.base import Checkpoint
+
+    out = tmp_path / "base"
+    Checkpoint(out, tiny_base(out)).save(vae_phase={"losses": [1.0]})
+    with pytest.raises(ValueError, match="another recipe.*delete"):
+        train_base(tiny_base(out, unet_steps=3))
