@@ -88,7 +88,7 @@ def test_base_v_prediction_zero_snr_is_saved_and_samples(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_load(name):
-    cls = BaseTrainConfig if "base" in name else ControlNetTrainConfig
+    cls = BaseTrainConfig if "base" in name or "foundation" in name else ControlNetTrainConfig
     cfg = load_config(cls, CONFIGS / name)
     if cls is ControlNetTrainConfig:
         assert Path(name).stem.endswith(cfg.condition.kind), (
