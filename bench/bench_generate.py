@@ -46,7 +46,7 @@ def main() -> None:
     from factory.config import load_config
     from factory.data.cityscapes import load_sample
     from factory.data.procedural import generate_city
-    from factory.jobs.common import list_references
+    from factory.jobs.plan import list_references
     from factory.jobs.generate import GenerateConfig, LumenSynthesizer, plan_items, run
     from factory.shards import Manifest
 
@@ -63,8 +63,8 @@ def main() -> None:
         f"synth.steps={args.steps}",
         "synth.device=cpu",
         "synth.scheduler=ddim",
-        "condition.kind=canny",
-        "condition.device=cpu",
+        "synth.condition.kind=canny",
+        "synth.condition.device=cpu",
         f"batch_size={args.batch}",
         f"samples_per_shard={args.batch * 2}",
         "quality.min_std=0",

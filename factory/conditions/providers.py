@@ -31,6 +31,7 @@ from factory.conditions.hed import HEDNet, load_hed
 from factory.config import check
 from factory.data.sample import DataError, Sample
 from factory.layout import LayoutConfig, NeuralLayout, resize_image
+from factory.layout.store import LayoutStore
 from factory.models import SDComponents, content_hash, resolve_device
 
 ConditionKind = Literal["layout", "canny", "semseg", "depth", "hed"]
@@ -100,19 +101,45 @@ def _to_tensor(maps: list[np.ndarray]) -> torch.Tensor:
 
 
 class LayoutCondition:
-    """The neural layout as a condition (N channels, unit variance, bilinear to pixel size)."""
+    """The neural layout as a condition (N channels, unit variance, bilinear to pixel size).
+
+    With a ``store`` (layouts written by the extraction job), a sample whose key is stored is
+    read, not computed; ``read`` / ``computed`` count which was which. Both paths give the same
+    tensor: computed layouts go through the stored float16 form too.
+    """
 
     kind = "layout"
+    needs_labels = False
 
-    def __init__(self, layout: NeuralLayout):
+    def __init__(self, layout: NeuralLayout, store: LayoutStore | None = None):
         self.layout = layout
         self.channels = layout.channels
+        self.store = store
+        self.read = 0
+        self.computed = 0
+        if store is not None:
+            store.check_signature(layout.signature(), "condition.layout.store")
 
     def signature(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.layout.signature()}
 
+    def stored(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """(B, N, h, w) float16 layouts at the feature grid: read where stored, else computed."""
+        have = [i for i, s in enumerate(samples) if self.store is not None and s.key in self.store]
+        missing = [i for i in range(len(samples)) if i not in set(have)]
+        rows: dict[int, torch.Tensor] = {}
+        if missing:
+            computed = self.layout.compute_stored([samples[i] for i in missing])
+            rows.update({i: computed[j] for j, i in enumerate(missing)})
+        for i in have:
+            rows[i] = self.store.get(samples[i].key)  # type: ignore[union-attr]
+        self.read += len(have)
+        self.computed += len(missing)
+        return torch.stack([rows[i] for i in range(len(samples))])
+
     def __call__(self, samples: Sequence[Sample]) -> torch.Tensor:
-        return self.layout(samples).float().cpu()
+        size = self.layout.pixel_size(samples)
+        return NeuralLayout.upsample_stored(self.stored(samples), size).cpu()
 
 
 class CannyCondition:
@@ -286,7 +313,8 @@ def build_condition(cfg: ConditionConfig, components: SDComponents | None = None
         layout = NeuralLayout.from_config(cfg.layout, components)
         if res is not None:
             layout.resolution = res
-        return LayoutCondition(layout)
+        store = LayoutStore(cfg.layout.store) if cfg.layout.store is not None else None
+        return LayoutCondition(layout, store)
     if cfg.kind == "canny":
         return CannyCondition(cfg.canny_low, cfg.canny_high, res)
     if cfg.kind == "semseg":

@@ -7,14 +7,16 @@ Usage::
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
         python -m factory.jobs.extract_layouts --config configs/extract/procedural.yaml out=/abs/path
 
-1. Plan: the dataset's references sorted by key, split into shards (shard i = the same refs).
+1. Plan (factory.jobs.plan): the dataset's references sorted by key, split into shards (shard
+   i = the same refs); the fingerprint is checked, finished shards are skipped.
 2. PCA (unless ``layout.pca`` names a fitted artifact, or ``<out>/pca`` exists from an earlier
-   run): actors compute features and return the sampled vectors of their images; positions
-   depend only on (seed, key) and ``fit_pca`` adds them in sorted key order, so the PCA is
-   bit-identical for any number of actors.
-3. Layouts: actors write ``<key>.layout.npy`` + ``<key>.json`` per sample into one tar per
-   shard, then the shard's manifest part. A rerun skips shards whose part exists; a bad sample
-   is a ``failed`` row with its reason and the job goes on.
+   run): ``PCASampleStage`` workers compute features and return the sampled vectors of their
+   images; positions depend only on (seed, key) and ``fit_pca`` adds them in sorted key order,
+   so the PCA is bit-identical for any number of workers and any executor.
+3. Layouts: ``LayoutStage`` workers write ``<key>.layout.npy`` + ``<key>.json`` per sample into
+   one tar per shard, then the shard's manifest part. A bad sample is a ``failed`` row with its
+   reason and the job goes on. ControlNet training and generation read these shards
+   (``factory.layout.store``) instead of computing the layouts again.
 """
 
 from __future__ import annotations
@@ -38,24 +40,16 @@ from typing import Any
 
 import numpy as np
 
+from factory.atomic import digest
 from factory.config import check, load_config, to_dict
 from factory.data.datasets import DatasetConfig
 from factory.data.sample import DataError, Sample, SampleRef
-from factory.jobs.common import (
-    RayConfig,
-    check_plan,
-    digest,
-    init_ray,
-    list_references,
-    load_ahead,
-    plan_actors,
-    run_actor_pool,
-    shard_name,
-    shutdown_ray_we_started,
-    split_into_shards,
-)
+from factory.jobs.executors import ExecutorKind, RayConfig, run_stage, shutdown_ray_we_started
+from factory.jobs.loading import load_ahead
+from factory.jobs.plan import list_references, make_tasks, prepare_output
+from factory.jobs.stage import Resources, ShardTask
 from factory.layout.neural import LayoutConfig
-from factory.shards import Manifest, ManifestRow, ShardWriter, remove_stale_temporaries
+from factory.shards import Manifest, ManifestRow, ShardWriter
 
 log = logging.getLogger("factory.jobs.extract_layouts")
 
@@ -68,10 +62,11 @@ class ExtractConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     samples_per_shard: int = 64
-    # Threads per actor that decode (and resize) the next batch while the model works on this
-    # one. A 2048x1024 Cityscapes PNG takes ~35 ms to decode on one core, so a GPU actor at
+    # Threads per worker that decode (and resize) the next batch while the model works on this
+    # one. A 2048x1024 Cityscapes PNG takes ~35 ms to decode on one core, so a GPU worker at
     # ~90 img/s needs about 4 of them; with 1 the GPU would wait on the CPU most of the time.
     load_threads: int = 4
+    executor: ExecutorKind = "actor_pool"
     ray: RayConfig = field(default_factory=RayConfig)
     progress: bool = True
 
@@ -114,35 +109,46 @@ def load_batches(
     threads, batch i + 1 while the caller computes on batch i (``load_ahead``)."""
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
         prepare = functools.partial(_prepare, resolution=resolution)
-        for batch in load_ahead(refs, batch_size, pool, prepare, key=lambda ref: ref.key):
+        for batch in load_ahead(list(refs), batch_size, pool, prepare, key=lambda ref: ref.key):
             yield [(ref, *loaded) for ref, loaded in batch]
 
 
-class ExtractWorker:
-    """Loads the backbone once; samples PCA vectors or writes layout shards."""
+class _BackboneStage:
+    """What both extraction stages share: the config, declared resources, the backbone."""
 
-    def __init__(self, cfg: ExtractConfig, slot: int, run_id: str, pca_path: str | None):
-        from factory.layout.neural import build_backbone
+    name = "layout"
 
+    def __init__(self, cfg: ExtractConfig, run_id: str):
         self.cfg = cfg
         self.run_id = run_id
-        self.name = f"{os.uname().nodename}:{os.getpid()}"
-        self.backbone = build_backbone(cfg.layout)
-        self.layout = None
-        if pca_path is not None:
-            from factory.layout.neural import NeuralLayout
-            from factory.layout.pca import PCAArtifact
 
-            self.layout = NeuralLayout(self.backbone, PCAArtifact.load(pca_path), cfg.layout.resolution)
+    @property
+    def resources(self) -> Resources:
+        return Resources(cpus=self.cfg.ray.cpus_per_actor, gpus=self.cfg.ray.gpus_per_actor)
 
-    def sample_vectors(self, shard: str, payload: tuple[list[SampleRef], dict[str, int]]) -> dict[str, Any]:
-        """PCA vectors {key: (n, C) float32} of a shard's readable images."""
+    def setup(self) -> None:
+        from factory.layout.neural import build_backbone
+
+        self.worker = f"{os.uname().nodename}:{os.getpid()}"
+        self.backbone = build_backbone(self.cfg.layout)
+
+    def teardown(self) -> None:
+        self.backbone = None
+
+
+class PCASampleStage(_BackboneStage):
+    """Feature vectors for the PCA fit: a shard's readable images -> {key: (n, C) float32}.
+
+    The task payload is the number of vectors to draw per key (``sample_counts``)."""
+
+    name = "pca_sample"
+
+    def process_shard(self, task: ShardTask) -> dict[str, Any]:
         from factory.layout.neural import batch_vectors
 
-        refs, counts = payload
         vectors, bad = {}, {}
         lc = self.cfg.layout
-        for batch in load_batches(refs, lc.batch_size, self.cfg.load_threads, lc.resolution):
+        for batch in load_batches(task.items, lc.batch_size, self.cfg.load_threads, lc.resolution):
             samples = []
             for ref, sample, _, problem in batch:
                 if sample is None:
@@ -150,21 +156,36 @@ class ExtractWorker:
                 else:
                     samples.append(sample)
             if samples:
-                got = batch_vectors(
-                    self.backbone, samples, counts, self.cfg.layout.sample_seed, self.cfg.layout.resolution
-                )
+                got = batch_vectors(self.backbone, samples, task.payload, lc.sample_seed, lc.resolution)
                 vectors.update({k: v.numpy() for k, v in got.items()})
-        return {"vectors": vectors, "bad": bad, "n": len(refs)}
+        return {"vectors": vectors, "bad": bad, "n": len(task)}
 
-    def process_shard(self, shard: str, refs: list[SampleRef]) -> dict[str, int]:
-        """Write ``<key>.layout.npy`` (float16, N x H/16 x W/16) + ``<key>.json`` for a shard."""
-        assert self.layout is not None, "layout phase needs a fitted PCA"
+
+class LayoutStage(_BackboneStage):
+    """A shard of references -> a tar of ``<key>.layout.npy`` (float16, N x H/16 x W/16) +
+    ``<key>.json``, then its manifest part."""
+
+    name = "layout"
+
+    def __init__(self, cfg: ExtractConfig, run_id: str, pca_path: Path):
+        super().__init__(cfg, run_id)
+        self.pca_path = pca_path
+
+    def setup(self) -> None:
+        from factory.layout.neural import NeuralLayout
+        from factory.layout.pca import PCAArtifact
+
+        super().setup()
+        self.layout = NeuralLayout(self.backbone, PCAArtifact.load(self.pca_path), self.cfg.layout.resolution)
+
+    def process_shard(self, task: ShardTask) -> dict[str, int]:
+        shard = task.name
         writer = ShardWriter(self.cfg.out / "shards" / f"{shard}.tar")
         rows: list[ManifestRow] = []
         counts: Counter[str] = Counter()
         lc = self.cfg.layout
         signature = json.loads(json.dumps(self.layout.signature(), default=str))
-        for batch in load_batches(refs, lc.batch_size, self.cfg.load_threads, lc.resolution):
+        for batch in load_batches(task.items, lc.batch_size, self.cfg.load_threads, lc.resolution):
             samples, sizes = [], []
             for ref, sample, size, problem in batch:
                 if sample is None:
@@ -213,7 +234,7 @@ class ExtractWorker:
             status=status,  # type: ignore[arg-type]
             reason=reason,
             run_id=self.run_id,
-            worker=self.name,
+            worker=self.worker,
             timings={"layout_s": seconds} if seconds else {},
         )
 
@@ -243,19 +264,13 @@ def run(cfg: ExtractConfig) -> ExtractSummary:
     refs = list_references(cfg.dataset)
     if not refs:
         raise RuntimeError(f"{cfg.dataset.root}: no references found for split {cfg.dataset.split!r}")
-    shards = [(shard_name(i), c) for i, c in enumerate(split_into_shards(refs, cfg.samples_per_shard))]
-    check_plan(
-        out,
-        {
-            "job": "extract_layouts",
-            "refs": digest([r.key for r in refs]),
-            "samples_per_shard": cfg.samples_per_shard,
-            "layout": digest(to_dict(cfg.layout)),
-        },
-    )
-    for folder in (out / "shards", out / "manifest"):
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(folder)
+    fingerprint = {
+        "job": "extract_layouts",
+        "refs": digest([r.key for r in refs]),
+        "samples_per_shard": cfg.samples_per_shard,
+        "layout": digest(to_dict(cfg.layout)),
+    }
+    plan = prepare_output(out, fingerprint, make_tasks(refs, cfg.samples_per_shard))
     run_id = uuid.uuid4().hex[:12]
 
     # 2. PCA: given, reused from an earlier run, or fitted now from distributed samples.
@@ -266,29 +281,19 @@ def run(cfg: ExtractConfig) -> ExtractSummary:
             raise FileNotFoundError(
                 f"layout.pca: {pca_path}.safetensors does not exist (fix: fit it, or unset)"
             )
-        init_ray(cfg.ray)
         counts = sample_counts([r.key for r in refs], cfg.layout.pca_samples, cfg.layout.sample_seed)
         vectors: dict[str, Any] = {}
         bad: dict[str, str] = {}
 
-        def on_vectors(name: str, result: dict[str, Any]) -> int:
+        def on_vectors(task: ShardTask, result: dict[str, Any]) -> None:
             vectors.update(result["vectors"])
             bad.update(result["bad"])
-            return result["n"]
 
-        plan = plan_actors(cfg.ray, len(shards))
-        run_actor_pool(
-            ExtractWorker,
-            lambda slot: (cfg, slot, run_id, None),
-            plan,
-            [(n, (c, {r.key: counts[r.key] for r in c})) for n, c in shards],
-            method="sample_vectors",
-            in_flight_per_actor=cfg.ray.in_flight_per_actor,
-            max_restarts=cfg.ray.max_actor_restarts,
-            on_result=on_vectors,
-            total_items=len(refs),
-            desc="PCA features",
-        )
+        tasks = [dataclasses.replace(t, payload={r.key: counts[r.key] for r in t.items}) for t in plan.tasks]
+        run_stage(
+            PCASampleStage(cfg, run_id), tasks, executor=cfg.executor, ray_cfg=cfg.ray,
+            on_result=on_vectors, desc="PCA features",
+        )  # fmt: skip
         for key, reason in sorted(bad.items()):
             log.warning("PCA: skipping %s: %s", key, reason)
         import torch
@@ -302,32 +307,21 @@ def run(cfg: ExtractConfig) -> ExtractSummary:
         fitted = True
         del backbone
 
-    # 3. Layout shards (resume: skip shards whose manifest part and tar exist).
-    done = Manifest(out / "manifest").done_shards()
-    todo = [(n, c) for n, c in shards if n not in done or not (out / "shards" / f"{n}.tar").exists()]
+    # 3. Layout shards (resume: the shards the plan found done are skipped).
     totals: Counter[str] = Counter()
-    if todo:
-        init_ray(cfg.ray)
+    if plan.todo:
 
-        def on_shard(name: str, result: dict[str, int]) -> int:
+        def on_shard(task: ShardTask, result: dict[str, int]) -> None:
             totals.update(result)
-            return sum(result.values())
 
-        run_actor_pool(
-            ExtractWorker,
-            lambda slot: (cfg, slot, run_id, str(pca_path)),
-            plan_actors(cfg.ray, len(todo)),
-            todo,
-            method="process_shard",
-            in_flight_per_actor=cfg.ray.in_flight_per_actor,
-            max_restarts=cfg.ray.max_actor_restarts,
-            on_result=on_shard,
-            total_items=sum(len(c) for _, c in todo),
-            desc="layouts",
-        )
+        run_stage(
+            LayoutStage(cfg, run_id, Path(pca_path)), plan.todo, executor=cfg.executor, ray_cfg=cfg.ray,
+            on_result=on_shard, desc="layouts",
+        )  # fmt: skip
     return ExtractSummary(
-        out, Path(pca_path), fitted, len(shards), [n for n, _ in todo], dict(totals), time.perf_counter() - t0
-    )
+        out, Path(pca_path), fitted, len(plan.tasks), [t.name for t in plan.todo], dict(totals),
+        time.perf_counter() - t0,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,9 @@ class LayoutConfig:
     sample_seed: int = 0  # which vectors are drawn
     resolution: tuple[int, int] | None = None  # (H, W) images are resized to; None = as read
     pca: Path | None = None  # fitted artifact: <pca>.safetensors + <pca>.json
+    # layouts stored by factory.jobs.extract_layouts (its out folder): references found there are
+    # read, not computed (ControlNet training, generation); the rest are computed
+    store: Path | None = None
     device: str = "auto"
     batch_size: int = 8  # images per call (the Ray job's batch)
     micro_batch: int = 4  # fixed forward batch: layouts identical across batch compositions
@@ -230,8 +233,19 @@ class NeuralLayout:
             **self.backbone.signature(),
             "n_components": self.pca.n_components,
             "pca_sample_count": self.pca.meta.get("sample_count"),
+            "pca_hash": self.pca_hash,
             "resolution": list(self.resolution) if self.resolution else None,
         }
+
+    @property
+    def pca_hash(self) -> str:
+        """A digest of the PCA's tensors: two artifacts that project differently never share it."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in (self.pca.mean, self.pca.components, self.pca.eigenvalues):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @torch.inference_mode()
     def compute(self, items: Sequence[Sample | np.ndarray]) -> torch.Tensor:
@@ -256,8 +270,12 @@ class NeuralLayout:
         return int(img.shape[0]), int(img.shape[1])
 
     def __call__(self, items: Sequence[Sample | np.ndarray]) -> torch.Tensor:
-        """Layouts at pixel resolution (B, N, H, W) float32: the ControlNet conditioning image."""
-        return self.upsample_stored(self.compute(items), self.pixel_size(items))
+        """Layouts at pixel resolution (B, N, H, W) float32: the ControlNet conditioning image.
+
+        Always through the stored form (float16 at the feature grid), so a layout computed here
+        is bit-identical to the one extraction stored and training or generation reads back.
+        """
+        return self.upsample_stored(self.compute_stored(items), self.pixel_size(items))
 
 
 def layout_to_rgb(layout: torch.Tensor | np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:

@@ -50,11 +50,15 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class SynthConfig:
     """How images are synthesised. Validated on construction; errors name the field.
 
-    base_model: a model reference (``tiny``, ``sd15-arch``, a diffusers folder, a hub id).
+    base_model: a model reference (``tiny``, ``sd15-arch``, a diffusers folder, a hub id); None =
+      the base model the ControlNet's recipe records (``tiny`` when there is no ControlNet).
     controlnet: the folder of a trained ControlNet; None builds an untrained one from the U-Net
-      (tests and throughput benchmarks only: its residuals start at zero).
-    condition: how conditions are computed from the reference (``factory.conditions``); None
-      when the caller passes condition tensors (e.g. stored layouts) to ``__call__``.
+      (tests and throughput benchmarks only: its residuals start at zero). A folder written by
+      ``factory.train.controlnet`` records its recipe (base model, condition, PCA hash):
+      ``from_config`` takes it as the default and refuses a base model or PCA that differs.
+    condition: how conditions are computed from the reference (``factory.conditions``); None =
+      the ControlNet's recorded condition, or none when the caller passes condition tensors
+      (e.g. stored layouts) to ``__call__``.
     condition_channels: channels of an untrained ControlNet (used only when controlnet is None
       and no condition provider is given; 20 = the neural layout).
     layout_components: keep the first N channels of the condition and zero the rest (the
@@ -75,7 +79,7 @@ class SynthConfig:
       convolutions are NHWC); values and state dicts are unchanged.
     """
 
-    base_model: str = "tiny"
+    base_model: str | None = None
     controlnet: str | None = None
     condition: ConditionConfig | None = None
     condition_channels: int = 20
@@ -97,7 +101,11 @@ class SynthConfig:
     channels_last: bool = False
 
     def __post_init__(self) -> None:
-        check(bool(self.base_model), "base_model", "is empty (fix: e.g. 'tiny' or a diffusers folder)")
+        check(
+            self.base_model is None or bool(self.base_model),
+            "base_model",
+            "is empty (fix: e.g. 'tiny', a diffusers folder, or null for the ControlNet's recorded base model)",
+        )
         check(
             self.condition_channels >= 1, "condition_channels", f"must be >= 1, got {self.condition_channels}"
         )
@@ -218,6 +226,20 @@ class Synthesizer:
         self.condition = condition
         self._ready = False
 
+    @classmethod
+    def from_config(cls, cfg: SynthConfig, *, seed: int = 0) -> Synthesizer:
+        """The Synthesizer a config describes, models loaded: components in ``cfg.dtype``, the
+        ControlNet and the condition provider, with the ControlNet's recipe as the default.
+
+        ``seed`` initialises an untrained ControlNet (``controlnet: null``) the same way in every
+        process, so every worker has the same weights (same content hash in the metadata).
+        """
+        synth = cls(resolve_recipe(cfg))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            synth.setup()
+        return synth
+
     # ------------------------------------------------------------------ setup
     def setup(self) -> Synthesizer:
         """Load the models once (per actor). Idempotent."""
@@ -234,7 +256,7 @@ class Synthesizer:
         device = resolve_device(self.cfg.device)
         dtype = None if self.cfg.dtype == "auto" else DTYPES[self.cfg.dtype]
         if self.components is None:
-            self.components = load_components(self.cfg.base_model, device=device, dtype=dtype)
+            self.components = load_components(self.cfg.base_model or "tiny", device=device, dtype=dtype)
         c = self.components
         if self.condition is None and self.cfg.condition is not None:
             from factory.conditions import build_condition
@@ -276,6 +298,19 @@ class Synthesizer:
     def dtype(self) -> torch.dtype:
         assert self.components is not None, "call setup() first"
         return self.components.dtype
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether the condition reads the reference's labels (the GT-semseg baseline does)."""
+        return bool(getattr(self.condition, "needs_labels", getattr(self.condition, "kind", "") == "semseg"))
+
+    def preview(self, sample: Any) -> np.ndarray | None:
+        """The reference's condition as an RGB picture (first three channels), for contact sheets."""
+        if self.condition is None:
+            return None
+        from factory.train.grid import condition_to_rgb
+
+        return condition_to_rgb(self.condition([sample])[0])
 
     def signature(self) -> dict[str, Any]:
         """What produced an image, for the sample metadata: model refs + content hashes, sampler."""
@@ -434,10 +469,9 @@ class Synthesizer:
         else:
             from factory.data.cityscapes import load_sample
 
-            needs_labels = self.condition.kind == "semseg"  # the GT-label baseline reads labels
             for i, it in enumerate(items):
                 try:
-                    loaded[i] = load_sample(it.ref, labels=needs_labels)
+                    loaded[i] = load_sample(it.ref, labels=self.needs_labels)
                 except (ValueError, OSError) as e:  # DataError is a ValueError
                     failed[i] = self._failed(it, f"data: {e}", "", it.variant.negative_prompt)
         order = sorted(loaded)
@@ -631,4 +665,53 @@ class Synthesizer:
         )
 
 
-__all__ = ["DTYPES", "SCHEDULERS", "SynthConfig", "SynthOutput", "Synthesizer", "WorkItem"]
+def resolve_recipe(cfg: SynthConfig) -> SynthConfig:
+    """``cfg`` with the ControlNet's recorded recipe filled in, checked against what it overrides.
+
+    The recipe fixes the base model, the condition kind and its settings, and (for a layout) the
+    PCA artifact: a config that leaves them unset gets the recipe's; one that names another base
+    model (by content) or another PCA (by file hash) is refused with an error naming both. Other
+    fields (sampler, resolution, dtype, compile flags) stay the config's.
+    """
+    import dataclasses
+
+    from factory.config import from_dict
+    from factory.train.recipe import ControlNetRecipe, RecipeError, pca_file_hash
+
+    if cfg.controlnet is None:
+        return cfg
+    recipe = ControlNetRecipe.load(cfg.controlnet)
+    if recipe is None:
+        return cfg
+    condition = cfg.condition
+    if condition is None:
+        condition = from_dict(ConditionConfig, recipe.condition)
+    elif condition.kind != recipe.condition.get("kind"):
+        raise RecipeError(
+            f"synth.condition.kind {condition.kind!r} but the ControlNet {recipe.folder} was trained on "
+            f"{recipe.condition.get('kind')!r} (fix: drop synth.condition to use the recorded one)"
+        )
+    if condition.kind == "layout" and recipe.pca_hash is not None:
+        given = pca_file_hash(condition.layout.pca)
+        if given != recipe.pca_hash:
+            raise RecipeError(
+                f"synth.condition.layout.pca {condition.layout.pca} (sha256 {given}) is not the PCA the "
+                f"ControlNet {recipe.folder} was trained with (sha256 {recipe.pca_hash}, recorded as "
+                f"{recipe.condition.get('layout', {}).get('pca')}); a layout projected by another PCA is "
+                "another coordinate system (fix: drop synth.condition.layout.pca, or retrain the ControlNet)"
+            )
+    base = cfg.base_model or recipe.base_model_ref
+    if base != recipe.base_model_ref and recipe.base_model_hash is not None:
+        from factory.models import load_components
+
+        given_hash = load_components(base).content_hash
+        if given_hash != recipe.base_model_hash:
+            raise RecipeError(
+                f"synth.base_model {base!r} (content hash {given_hash}) is not the base model the ControlNet "
+                f"{recipe.folder} was trained on ({recipe.base_model_ref!r}, content hash "
+                f"{recipe.base_model_hash}); fix: drop synth.base_model to use the recorded one"
+            )
+    return dataclasses.replace(cfg, base_model=base, condition=condition)
+
+
+__all__ = ["DTYPES", "SCHEDULERS", "SynthConfig", "SynthOutput", "Synthesizer", "WorkItem", "resolve_recipe"]

@@ -50,10 +50,10 @@ from tqdm.auto import tqdm
 from factory.config import ConfigError, check, from_dict, load_config, to_dict
 from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.sample import DataError, Sample, SampleRef
+from factory.train.recipe import RESULT_FILE, pca_file_hash
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
-RESULT_FILE = "lumen_training.json"
 LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -300,24 +300,41 @@ def batch_indices(
 
 
 class _Data:
-    """Everything the loop needs per sample, cached in memory: latent posterior, condition, caption."""
+    """Everything the loop needs per sample, in memory: latent posterior, condition, caption.
 
-    def __init__(self, mean, std, cond, caption_idx, embeds, empty_embed, samples):
-        self.mean, self.std, self.cond = mean, std, cond
+    Neural layouts are kept as stored (float16 at the feature grid, ~1/256 of the pixel size for
+    SD) and upsampled per batch, so memory does not grow with the dataset at pixel resolution;
+    other conditions are cached at pixel resolution (float16). Only the validation references'
+    images are kept.
+    """
+
+    def __init__(self, mean, std, cond, size, stored, caption_idx, embeds, empty_embed, samples, layouts):
+        self.mean, self.std, self.cond, self.size, self.stored = mean, std, cond, size, stored
         self.caption_idx, self.embeds, self.empty_embed = caption_idx, embeds, empty_embed
-        self.samples = samples
+        self.samples = samples  # the first validation.num_references, for the grids
+        self.layouts = layouts  # {"read": n, "computed": n} for a layout condition, else None
 
     def __len__(self) -> int:
         return len(self.mean)
 
+    def condition(self, idx: torch.Tensor) -> torch.Tensor:
+        """float32 (B, C, H, W) conditions at pixel resolution for sample indices ``idx``."""
+        cond = self.cond[idx].float()
+        if self.stored:
+            from factory.layout import NeuralLayout
+
+            cond = NeuralLayout.upsample_stored(cond, self.size)
+        return cond
+
 
 @torch.no_grad()
 def prepare_data(cfg: ControlNetTrainConfig, refs, components, provider, channels: int, device) -> _Data:
+    """Cache latents, conditions and caption embeddings, reading the images chunk by chunk."""
     from factory.models import encode_prompts
 
     size = cfg.resolution or check_image_sizes(refs)
-    needs_labels = getattr(provider, "kind", "") in ("semseg", "depth")
-    samples = load_training_samples(refs, labels=needs_labels, size=cfg.resolution)
+    needs_labels = bool(getattr(provider, "needs_labels", getattr(provider, "kind", "") == "semseg"))
+    stored = callable(getattr(provider, "stored", None))  # a layout: keep it at the feature grid
     captions = [caption_for(r, cfg.caption) for r in refs]
     uniq = sorted(set(captions))
     embeds = torch.cat(
@@ -325,17 +342,31 @@ def prepare_data(cfg: ControlNetTrainConfig, refs, components, provider, channel
     ).float()
     empty = encode_prompts(components, [""]).float()
     vae = components.vae
-    means, stds, conds = [], [], []
-    for i in tqdm(range(0, len(samples), 16), desc="cache latents + conditions", leave=False):
-        chunk = samples[i : i + 16]
-        conds.append(condition_tensor(provider, chunk, channels, size).half())
+    means, stds, conds, keep = [], [], [], []
+    for i in tqdm(range(0, len(refs), 16), desc="cache latents + conditions", leave=False):
+        chunk = load_training_samples(refs[i : i + 16], labels=needs_labels, size=cfg.resolution)
+        if stored:
+            conds.append(provider.stored(chunk).to(torch.float16).cpu())
+        else:
+            conds.append(condition_tensor(provider, chunk, channels, size).half())
         post = vae.encode(to_pixels(chunk).to(device, vae.dtype)).latent_dist
         means.append(post.mean.float().cpu())
         stds.append(post.std.float().cpu())
+        keep += chunk[: max(0, cfg.validation.num_references - len(keep))]
+    cond = torch.cat(conds)
+    if stored and cond.shape[1] != channels:
+        raise TrainError(
+            f"condition {provider.kind!r} gives {cond.shape[1]} channels but the ControlNet expects "
+            f"conditioning_channels={channels}"
+        )
+    layouts = {"read": provider.read, "computed": provider.computed} if stored else None
+    if layouts is not None:
+        print(f"layouts: {layouts['read']} read from the store, {layouts['computed']} computed", flush=True)
     caption_idx = torch.tensor([uniq.index(c) for c in captions])
     return _Data(
-        torch.cat(means), torch.cat(stds), torch.cat(conds), caption_idx, embeds.cpu(), empty.cpu(), samples
-    )
+        torch.cat(means), torch.cat(stds), cond, tuple(size), stored, caption_idx, embeds.cpu(), empty.cpu(),
+        keep, layouts,
+    )  # fmt: skip
 
 
 def _resolve_base(ref: str, device, dtype):
@@ -490,6 +521,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
             refs,
             step,
             out,
+            data.layouts,
             {
                 "total_s": round(time.perf_counter() - t_start, 1),
                 "loop_s": round(loop_s, 1),
@@ -516,7 +548,7 @@ def _loss(cfg, data: _Data, micro_step: int, accelerator, controlnet, components
     t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
     zt = sched.add_noise(z0, noise, t)
     target = denoising_target(sched, z0, noise, t)  # the base model's own objective
-    cond = data.cond[idx_t].float()
+    cond = data.condition(idx_t)
     drop_c = torch.rand(len(idx), generator=g) < cfg.condition_dropout
     cond[drop_c] = 0.0
     enc = data.embeds[data.caption_idx[idx_t]].clone()
@@ -619,8 +651,8 @@ def validation_grid(cfg: ControlNetTrainConfig, data: _Data, components, control
 
     v = cfg.validation
     controlnet.eval()
-    n = min(v.num_references, len(data))
-    cond = data.cond[:n].float()
+    n = min(v.num_references, len(data.samples))
+    cond = data.condition(torch.arange(n))
     pipe = controlnet_pipeline(components, controlnet)
     pipe.set_progress_bar_config(disable=True)
     seeds = [v.seed + i for i in range(n)]
@@ -629,7 +661,9 @@ def validation_grid(cfg: ControlNetTrainConfig, data: _Data, components, control
     return save_grid(rows, path)
 
 
-def save_result(cfg, controlnet, components, provider, refs, step: int, out: Path, timings: dict) -> None:
+def save_result(
+    cfg, controlnet, components, provider, refs, step: int, out: Path, layouts: dict | None, timings: dict
+) -> None:
     """``save_pretrained`` into a temporary folder, then move its files into ``out`` (+ JSON)."""
     from factory.models import content_hash
 
@@ -641,7 +675,10 @@ def save_result(cfg, controlnet, components, provider, refs, step: int, out: Pat
     meta = {
         "base_model": {"ref": components.ref, "content_hash": components.content_hash},
         "condition": {"kind": provider.kind, "channels": provider.channels, "signature": signature},
-        "pca_artifact_hash": pca_artifact_hash(cfg.condition),
+        "pca_artifact_hash": pca_file_hash(cfg.condition.layout.pca)
+        if getattr(cfg.condition, "kind", None) == "layout"
+        else None,
+        "layouts": layouts,  # layout condition: how many were read from the store, how many computed
         "controlnet_content_hash": content_hash(controlnet),
         "steps": step,
         "data": {**to_dict(cfg.data), "n_samples": len(refs)},
@@ -655,19 +692,6 @@ def save_result(cfg, controlnet, components, provider, refs, step: int, out: Pat
     for f in sorted(tmp.iterdir()):
         os.replace(f, out / f.name)
     tmp.rmdir()
-
-
-def pca_artifact_hash(condition: Any) -> str | None:
-    """sha256 (16 hex) of the PCA artifact's safetensors file for a layout condition, else None."""
-    layout = getattr(condition, "layout", None)
-    pca = getattr(layout, "pca", None) if getattr(condition, "kind", None) == "layout" else None
-    if pca is None:
-        return None
-    path = Path(pca)
-    path = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
-    if not path.is_file():
-        path = Path(pca).with_suffix(".safetensors")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,7 @@ def test_an_empty_or_missing_folder_says_what_to_fix(tmp_path):
 
 def test_a_job_can_plan_from_shards(small_city, tmp_path):
     """The Ray jobs list their references through the same DatasetConfig: kind=shards works there."""
-    from factory.jobs.common import list_references
+    from factory.jobs.plan import list_references
 
     root = tmp_path / "shards"
     written = _write_shards(small_city, root / "train")

@@ -19,39 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from factory.config import ConfigError, load_config
+from factory.config import ConfigError
 from factory.data.sample import check_key
-from factory.jobs.generate import GenerateConfig, run
+from factory.jobs.generate import run
 from factory.shards import Manifest, read_shard_samples
 
-REPO = Path(__file__).resolve().parents[2]
-PROMPTS = REPO / "configs" / "prompts" / "weather.yaml"
-DOUBLE = f"{REPO / 'tests' / 'jobs' / 'doubles.py'}:build"
-
-
-def overrides(city: Path, out: Path, *extra: str, limit: int = 3) -> list[str]:
-    return [
-        f"out={out}",
-        f"dataset.root={city / 'cityscapes'}",
-        "dataset.split=train",
-        f"dataset.limit={limit}",
-        f"variants.prompts={PROMPTS}",
-        "variants.sets=[fog, night]",
-        f"synthesizer={DOUBLE}",
-        "samples_per_shard=2",
-        "batch_size=2",
-        "progress=false",
-        "ray.num_actors=2",
-        *extra,
-    ]
-
-
-def make_cfg(city: Path, out: Path, *extra: str, limit: int = 3) -> GenerateConfig:
-    return load_config(GenerateConfig, None, overrides(city, out, *extra, limit=limit))
-
-
-def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.tar"))}
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from jobcfg import DOUBLE, PROMPTS, REPO, make_cfg, overrides, shard_bytes  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +184,7 @@ def test_real_synthesizer_tiny_models_through_the_job(city_root, ray_local, tmp_
     """The LUMEN Synthesizer (tiny models, Canny condition, 2 steps) end to end; with OOM at
     batch > 2 the shards equal a batch-1 run's (per-sample generators)."""
     real = ["synthesizer=lumen", "synth.base_model=tiny", "synth.steps=2", "synth.device=cpu",
-            "synth.scheduler=ddim", "condition.kind=canny", "condition.device=cpu", "quality.min_std=0",
+            "synth.scheduler=ddim", "synth.condition.kind=canny", "synth.condition.device=cpu", "quality.min_std=0",
             "ray.num_actors=1", "samples_per_shard=4"]  # fmt: skip
     one = run(make_cfg(city_root, tmp_path / "b1", *real, "batch_size=1", limit=2))
     oom = run(
@@ -317,7 +292,7 @@ def test_actor_killed_from_outside_is_replaced_and_its_shards_reassigned(
         if manifest.done_shards():
             actors = list_actors(
                 address=ray_local,
-                filters=[("class_name", "=", "GenerateWorker"), ("state", "=", "ALIVE")],
+                filters=[("class_name", "=", "GenerateStage"), ("state", "=", "ALIVE")],
                 raise_on_missing_output=False,
             )
             if len(actors) == 2:
@@ -355,21 +330,23 @@ def test_worker_decodes_each_reference_once_per_batch(city_root, tmp_path, monke
     """Items are reference-major: a batch's variants of one reference share one decode, and the
     loader threads hand back every item, in order, with its own reference."""
     from factory.jobs import generate
-    from factory.jobs.generate import GenerateWorker, plan_items
+    from factory.jobs.generate import GenerateStage, plan_items
 
     cfg = make_cfg(city_root, tmp_path / "out", "batch_size=4", "variants.sets=[fog, night, rain]")
-    worker = GenerateWorker(cfg, 0, "run", [])
+    stage = GenerateStage(cfg, "run")
+    stage.setup()
     calls: list[str] = []
-    real_load = GenerateWorker._load
+    real_load = GenerateStage._load
 
     def counting_load(self, item):
         calls.append(item.ref.key)
         return real_load(self, item)
 
-    monkeypatch.setattr(generate.GenerateWorker, "_load", counting_load)
+    monkeypatch.setattr(GenerateStage, "_load", counting_load)
     refs = generate.list_references(cfg.dataset)[:2]
     items = plan_items(refs, cfg.variants.build(), cfg.seed)  # 2 refs x 3 variants
-    batches = list(worker._loaded_batches(items))
+    batches = list(stage.loaded_batches(items))
+    stage.teardown()
     assert [len(b) for b in batches] == [4, 2]
     assert [it.key for b in batches for it, *_ in b] == [it.key for it in items]
     for b in batches:

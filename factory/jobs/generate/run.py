@@ -1,0 +1,135 @@
+"""The generation job's driver: plan, skip what is done, run the stage, write the card.
+
+Outline (each step a function call):
+1. Validate: the config (on load), the prompt sets, the segmenter and the synthesizer's recipe
+   (a ControlNet trained with another PCA or base model is refused here, before Ray starts).
+2. Plan (factory.jobs.plan): references x variants, sorted, split into shards; the fingerprint
+   is checked against the folder's ``plan.json``; finished shards are skipped.
+3. Run ``GenerateStage`` on the configured executor (actor pool, Ray Data, in-process).
+4. Write the dataset card (markdown + JSON) and a contact sheet PNG.
+
+Shards are byte-identical across reruns, worker counts and executors: items are assigned to
+shards by the plan, each sample has its own seed (``sample_seed``), tar headers are fixed, and
+the per-sample metadata holds no timings (they go to the manifest, which is per attempt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factory.atomic import digest
+from factory.config import to_dict
+from factory.jobs.executors import run_stage, shutdown_ray_we_started
+from factory.jobs.generate.card import previous_accounting, write_card, write_contact_sheet
+from factory.jobs.generate.config import GenerateConfig
+from factory.jobs.generate.stage import GenerateStage, ShardResult, load_segmenter, plan_items
+from factory.jobs.plan import list_references, make_tasks, prepare_output
+from factory.jobs.stage import ShardTask
+from factory.shards import Manifest
+
+
+@dataclass
+class JobSummary:
+    out: Path
+    run_id: str
+    shards_total: int
+    shards_skipped: int
+    shards_done: list[str]
+    counts: dict[str, int]
+    actors_died: int
+    reassigned: list[str]
+    seconds: float
+    card: dict[str, Any]
+
+
+def check_synthesizer(cfg: GenerateConfig) -> GenerateConfig:
+    """Resolve the ControlNet's recipe on the driver (fails fast, names both sides of a mismatch)."""
+    if cfg.synthesizer != "lumen":
+        return cfg
+    from factory.synth.synthesizer import resolve_recipe
+
+    synth = resolve_recipe(cfg.synth)
+    if synth.condition is None:
+        raise ValueError(
+            f"synth.controlnet {cfg.synth.controlnet} records no condition and synth.condition is unset "
+            "(fix: set synth.condition to the condition the ControlNet was trained on)"
+        )
+    return dataclasses.replace(cfg, synth=synth)
+
+
+@shutdown_ray_we_started()
+def run(cfg: GenerateConfig) -> JobSummary:
+    """Plan, skip what is done, run the stage, write the card. Returns a summary."""
+    t0 = time.perf_counter()
+    if not cfg.progress:
+        os.environ["TQDM_DISABLE"] = "1"
+    out = cfg.out.resolve()
+    cfg = dataclasses.replace(cfg, out=out)
+    # 1. Validate what the config names before any work starts.
+    variants = cfg.variants.build()
+    load_segmenter(cfg.quality)
+    cfg = check_synthesizer(cfg)
+    # 2. Plan.
+    refs = list_references(cfg.dataset)
+    if not refs:
+        raise RuntimeError(f"{cfg.dataset.root}: no references found for split {cfg.dataset.split!r}")
+    items = plan_items(refs, variants, cfg.seed)
+    fingerprint = {
+        "job": "generate",
+        "items": digest([i.key for i in items]),
+        "samples_per_shard": cfg.samples_per_shard,
+        "seed": cfg.seed,
+        "synth": digest([cfg.synthesizer, to_dict(cfg.synth), [to_dict(v) for v in variants]]),
+        "image_format": cfg.shards.image_format,
+        "quality": digest(to_dict(cfg.quality)),  # thresholds decide which attempt is shipped
+    }
+    plan = prepare_output(out, fingerprint, make_tasks(items, cfg.samples_per_shard))
+    manifest = Manifest(out / "manifest")
+
+    # 3. Run the stage.
+    run_id = uuid.uuid4().hex[:12]
+    counts: Counter[str] = Counter()
+    previews: dict[str, np.ndarray] = {}
+    preview_refs = [r.key for r in refs[: cfg.contact_sheet_refs]]
+    stats = None
+    if plan.todo:
+
+        def on_result(task: ShardTask, result: ShardResult) -> None:
+            counts.update(result.counts)
+            previews.update(result.previews)
+
+        stage = GenerateStage(cfg, run_id, preview_refs)
+        stats = run_stage(
+            stage, plan.todo, executor=cfg.executor, ray_cfg=cfg.ray, on_result=on_result, desc="generate"
+        )
+        accounting = {"kind": stats.plan.kind, "executor": cfg.executor, **stats.plan.options}
+    else:
+        accounting = previous_accounting(out) or {"kind": "none"}
+
+    # 4. Dataset card and contact sheet (from the manifest: covers every run).
+    card = write_card(out, cfg, variants, manifest, accounting)
+    write_contact_sheet(out, refs[: cfg.contact_sheet_refs], variants, previews, manifest)
+    return JobSummary(
+        out=out,
+        run_id=run_id,
+        shards_total=len(plan.tasks),
+        shards_skipped=plan.skipped,
+        shards_done=[t.name for t in plan.todo],
+        counts=dict(counts),
+        actors_died=stats.workers_died if stats else 0,
+        reassigned=stats.reassigned if stats else [],
+        seconds=time.perf_counter() - t0,
+        card=card,
+    )
+
+
+__all__ = ["JobSummary", "check_synthesizer", "run"]
