@@ -143,7 +143,14 @@ class BaseTrainConfig:
             "captions",
             f"no caption for conditions {missing}; add e.g. captions.{missing[0] if missing else ''}='...'",
         )
-        for name in ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "threads", "checkpoint_every"):
+        for name in (
+            "vae_steps",
+            "unet_steps",
+            "batch_size",
+            "vae_batch_size",
+            "threads",
+            "checkpoint_every",
+        ):
             check(
                 getattr(self, name) >= (0 if name.endswith(("_steps", "_every")) else 1),
                 name,
@@ -444,7 +451,9 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     vae_state = ckpt.state.get("vae_phase")
     if vae_state is None:
         vae_losses = train_vae(components.vae, pixels, cfg, g)
-        ckpt.save(vae_phase={"vae": components.vae.state_dict(), "generator": g.get_state(), "losses": vae_losses})
+        ckpt.save(
+            vae_phase={"vae": components.vae.state_dict(), "generator": g.get_state(), "losses": vae_losses}
+        )
     else:
         print(f"resuming from {ckpt.path}", flush=True)
         components.vae.load_state_dict(vae_state["vae"])
@@ -533,7 +542,15 @@ def recipe_digest(cfg: BaseTrainConfig) -> str:
     from factory.atomic import digest
 
     fields = to_dict(cfg)
-    for name in ("out", "threads", "checkpoint_every", "max_minutes", "preview_steps", "preview_guidance", "preview_per_condition"):
+    for name in (
+        "out",
+        "threads",
+        "checkpoint_every",
+        "max_minutes",
+        "preview_steps",
+        "preview_guidance",
+        "preview_per_condition",
+    ):
         fields.pop(name, None)
     return digest(fields)
 
