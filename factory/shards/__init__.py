@@ -1,15 +1,18 @@
-"""Webdataset shards (atomic, labels copied byte for byte) and the Parquet manifest (resume)."""
+"""Webdataset shards (atomic, labels copied byte for byte) and the Parquet manifest (resume).
 
+The member format (``LABEL_MEMBERS``, ``read_shard_samples``) lives in factory.data.members,
+shared with the readers; it is re-exported here for the jobs that import it from this package.
+"""
+
+from factory.data.members import LABEL_MEMBERS, read_shard_samples
 from factory.shards.manifest import SCHEMA, STATUSES, Manifest, ManifestRow
 from factory.shards.writer import (
-    LABEL_MEMBERS,
     ShardConfig,
     ShardWriter,
     WrittenSample,
     atomic_write_bytes,
     encode_image,
     label_files,
-    read_shard_samples,
     remove_stale_temporaries,
     sha256,
 )

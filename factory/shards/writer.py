@@ -9,6 +9,8 @@ Why this shape:
 - Image encoding (PNG of 512x1024: 85-220 ms on one core) runs in a thread pool: OpenCV
   releases the GIL while encoding, so the caller's loop (a GPU) keeps working.
 - Tar headers carry a fixed mtime/owner, so the same samples give byte-identical shards.
+- The member names (``<key>.png``, ``<key>.labelids.png``, ...) are the format's, stated once in
+  factory.data.members, which the readers use too.
 """
 
 from __future__ import annotations
@@ -18,30 +20,17 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
 
 from factory.config import check
+from factory.data.members import LABEL_MEMBERS, META_MEMBER, ImageFormat, member_name
 from factory.data.sample import DataError, SampleRef, check_key
-
-ImageFormat = Literal["png", "jpg", "webp"]
-
-# Label kinds copied into shards, and the member suffix each gets (``<key>.<suffix>``).
-# colour maps and polygons are derivable from labelIds and are not shipped.
-LABEL_MEMBERS: dict[str, str] = {
-    "labelids": "labelids.png",
-    "instanceids": "instanceids.png",
-    "labeltrainids": "labeltrainids.png",
-    "disparity": "disparity.png",
-    "boxes3d": "boxes3d.json",
-    "camera": "camera.json",
-}
 
 
 @dataclass
@@ -194,10 +183,14 @@ class ShardWriter:
                         if fut is None:  # add_members: written as given
                             members = label_bytes
                         else:
-                            members = {self.cfg.image_format: fut.result(), **label_bytes, "json": meta_bytes}
+                            members = {
+                                self.cfg.image_format: fut.result(),
+                                **label_bytes,
+                                META_MEMBER: meta_bytes,
+                            }
                         sample = WrittenSample(key)
                         for suffix, data in members.items():
-                            _add_member(tar, f"{key}.{suffix}", data)
+                            _add_member(tar, member_name(key, suffix), data)
                             sample.checksums[suffix] = sha256(data)
                         written.append(sample)
                 f.flush()
@@ -232,22 +225,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return stale
 
 
-def read_shard_samples(paths: Sequence[str | Path]) -> Iterator[dict[str, Any]]:
-    """Iterate raw samples of our shards with stock ``webdataset.WebDataset`` (no decoding).
-
-    Each item is webdataset's dict: ``__key__``, ``__url__`` and one ``bytes`` value per member
-    suffix (``png``, ``labelids.png``, ``json``, ...).
-    """
-    import webdataset as wds
-
-    urls = [str(p) for p in paths]
-    if not urls:
-        return iter(())
-    return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
-
-
 __all__ = [
-    "LABEL_MEMBERS",
     "ShardConfig",
     "ShardWriter",
     "WrittenSample",
@@ -255,7 +233,6 @@ __all__ = [
     "encode_image",
     "fsync_dir",
     "label_files",
-    "read_shard_samples",
     "remove_stale_temporaries",
     "sha256",
 ]
