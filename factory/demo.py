@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from factory.atomic import atomic_write_json, atomic_write_text, digest
 from factory.config import check, load_config, to_dict
 
 STAGES = (
@@ -147,7 +147,7 @@ class Demo:
         ran_one = False
         for i, name in enumerate(STAGES, 1):
             # A stage's fingerprint chains the previous one's: a changed budget reruns what follows.
-            self.fingerprint = _digest(self.fingerprint, name, to_dict(self.cfg))
+            self.fingerprint = digest([self.fingerprint, name, to_dict(self.cfg)])
             marker = self.out / "stages" / f"{name}.json"
             banner = f"[{i}/{len(STAGES)}] {name}"
             # Once a stage has run (forced, new inputs, or unfinished), every later stage reruns
@@ -166,7 +166,7 @@ class Demo:
             result = getattr(self, f"stage_{name}")()
             seconds = time.perf_counter() - t0
             self.results[name] = result
-            _write_json(marker, {"fingerprint": self.fingerprint, "seconds": seconds, "result": result})
+            atomic_write_json(marker, {"fingerprint": self.fingerprint, "seconds": seconds, "result": result})
             print(f"{banner}: done in {seconds:.0f} s", flush=True)
         total = time.perf_counter() - t_all
         print(f"\ndemo finished in {total / 60:.1f} min; report: {self.out / 'report.md'}")
@@ -209,7 +209,7 @@ class Demo:
                         shutil.rmtree(path)
                     else:
                         path.unlink()
-        started.write_text(self.fingerprint + "\n")
+        atomic_write_text(started, self.fingerprint + "\n")
 
     def _call(self, main: Callable[[list[str]], Any], argv: list[str]) -> Any:
         print("$ python -m", main.__module__, " ".join(argv), flush=True)
@@ -364,7 +364,7 @@ class Demo:
 
     def stage_report(self) -> dict:
         path = self.out / "report.md"
-        path.write_text(render_report(self.out, self.results))
+        atomic_write_text(path, render_report(self.out, self.results))
         return {"report": str(path)}
 
 
@@ -564,19 +564,6 @@ def stage_seconds(out: Path) -> dict[str, float]:
         if marker.is_file():
             seconds[name] = float(json.loads(marker.read_text())["seconds"])
     return seconds
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

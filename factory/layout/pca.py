@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from factory.atomic import atomic_write_bytes, atomic_write_text
 from factory.layout.backbones import LayoutError
 
 FORMAT_VERSION = 1
@@ -149,15 +150,6 @@ def _resolve(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class PCAArtifact:
     """A fitted PCA: mean (C,), components (N, C), eigenvalues (N,) in float64, and its metadata.
@@ -188,11 +180,11 @@ class PCAArtifact:
             "components": self.components.double().contiguous(),
             "eigenvalues": self.eigenvalues.double().contiguous(),
         }
-        tmp = st_path.with_name(f".{st_path.name}.tmp-{os.getpid()}")
         # One metadata key: safetensors writes its metadata map in hash order, so two keys
         # would make two fits of the same data differ in their header bytes.
-        save_file(tensors, str(tmp), metadata={"format": f"lumen-pca/{FORMAT_VERSION}"})
-        os.replace(tmp, st_path)
+        atomic_write_bytes(
+            st_path, safetensors_bytes(tensors, metadata={"format": f"lumen-pca/{FORMAT_VERSION}"})
+        )
         sidecar = {
             "format": "lumen-pca",
             "version": FORMAT_VERSION,
@@ -202,7 +194,7 @@ class PCAArtifact:
             "eigenvalues": [float(v) for v in self.eigenvalues],
             **self.meta,
         }
-        _atomic_write(json_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_text(json_path, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
         return st_path
 
     @classmethod

@@ -2,8 +2,8 @@
 
 Why this shape:
 - A shard is the unit of resume. It is written under a temporary name in the same folder,
-  fsynced, then ``os.replace``d to its final name and the folder fsynced, so a crash leaves
-  either a complete shard or no shard, never a truncated one that a reader would accept.
+  fsynced, then ``os.replace``d to its final name and the folder fsynced (factory.atomic), so a
+  crash leaves either a complete shard or no shard, never a truncated one a reader would accept.
 - Label files are the reference's own bytes (DESIGN.md): never decoded and re-encoded, so a
   synthetic sample's labels are exactly the reference's.
 - Image encoding (PNG of 512x1024: 85-220 ms on one core) runs in a thread pool: OpenCV
@@ -15,7 +15,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from factory.atomic import fsync_dir, sha256
 from factory.config import check
 from factory.data.members import LABEL_MEMBERS, META_MEMBER, ImageFormat, member_name
 from factory.data.sample import DataError, SampleRef, check_key
@@ -81,10 +81,6 @@ def label_files(ref: SampleRef) -> dict[str, Path]:
     return out
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 @dataclass
 class WrittenSample:
     """What was written for one sample: its key and the sha256 of every member (by suffix)."""
@@ -92,27 +88,6 @@ class WrittenSample:
     key: str
     checksums: dict[str, str] = field(default_factory=dict)
     encode_s: float = 0.0
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync, rename, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class ShardWriter:
@@ -215,7 +190,8 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete leftovers of writers that died mid-write (``.<name>.tmp-<pid>``)."""
+    """Delete leftovers of writers that died mid-write (``.<name>.tmp-<pid>`` from a shard,
+    ``.tmp-<name>.<pid>`` from factory.atomic: every hidden name with ``.tmp-`` in it)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -229,10 +205,7 @@ __all__ = [
     "ShardConfig",
     "ShardWriter",
     "WrittenSample",
-    "atomic_write_bytes",
     "encode_image",
-    "fsync_dir",
     "label_files",
     "remove_stale_temporaries",
-    "sha256",
 ]

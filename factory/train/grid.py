@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import torch
 
+from factory.atomic import atomic_write_bytes
+
 
 def condition_to_rgb(cond: torch.Tensor | np.ndarray) -> np.ndarray:
     """(C,H,W) float condition -> (H,W,3) uint8: channels 0..2, each min-max normalised."""
@@ -50,11 +52,8 @@ def save_grid(
             x = label_w + pad + j * (w + pad)
             canvas[y : y + h, x : x + w] = img
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
     ok, buf = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    tmp.write_bytes(buf.tobytes())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.tobytes())
     return path

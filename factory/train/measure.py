@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from factory.atomic import atomic_write_text
 from factory.config import from_dict
 from factory.quality.segmenter import (
     Segmenter,
@@ -108,8 +109,7 @@ def measure(
         "seconds": round(time.perf_counter() - t0, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "measure.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "measure.json", json.dumps(report, indent=2))
     return report
 
 
