@@ -325,6 +325,7 @@ class Demo:
 
     def stage_dg(self) -> dict:
         from downstream.benchmarks import dg
+        from factory.layout.pca import pca_files
 
         out = self.out / "dg"
         os.environ["CITY_ROOT"] = str(self.city)  # the procedural dataset config reads its roots from here
@@ -333,7 +334,7 @@ class Demo:
             ["--config", "configs/downstream/segformer_tiny_procedural-64x128.py",
              "--lumen", str(self.out / "generate" / "shards" / "*.tar"),
              "--ratio", str(self.cfg.dg_ratio), "--seeds", *map(str, self.cfg.dg_seeds),
-             "--max-iters", str(self.cfg.dg_max_iters), "--pca-meta", f"{self.pca}.json",
+             "--max-iters", str(self.cfg.dg_max_iters), "--pca-meta", str(pca_files(self.pca)[1]),
              "--out", str(out)],
         )  # fmt: skip
         return {"summary": result["summary"], "table": result["table"], "json": str(out / "dg.json")}

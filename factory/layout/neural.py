@@ -43,7 +43,7 @@ class LayoutConfig:
     pca_samples: int = 40000  # feature vectors drawn across the training set to fit the PCA
     sample_seed: int = 0  # which vectors are drawn
     resolution: tuple[int, int] | None = None  # (H, W) images are resized to; None = as read
-    pca: Path | None = None  # fitted artifact: <pca>.safetensors + <pca>.json
+    pca: Path | None = None  # fitted artifact: its two files are pca.pca_files(pca)
     device: str = "auto"
     batch_size: int = 8  # images per call (the Ray job's batch)
     micro_batch: int = 4  # fixed forward batch: layouts identical across batch compositions

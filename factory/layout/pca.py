@@ -143,11 +143,22 @@ def fit_pca(
     return pca.fit(n_components, info)
 
 
-def _resolve(path: str | Path) -> tuple[Path, Path]:
+# The artifact's two files: ``<name>.safetensors`` (mean, components, eigenvalues) and
+# ``<name>.json`` (metadata). ``pca_files`` is the one place that turns a name into them.
+PCA_TENSORS_SUFFIX = ".safetensors"
+PCA_SIDECAR_SUFFIX = ".json"
+
+
+def pca_files(path: str | Path) -> tuple[Path, Path]:
+    """(tensors file, JSON sidecar) of the PCA artifact ``path``.
+
+    ``path`` is the artifact's name (``out/pca``) or either of its files (``out/pca.safetensors``,
+    ``out/pca.json``); any other suffix is part of the name (``pca.v2`` -> ``pca.v2.safetensors``).
+    """
     path = Path(path)
-    if path.suffix in (".safetensors", ".json"):
+    if path.suffix in (PCA_TENSORS_SUFFIX, PCA_SIDECAR_SUFFIX):
         path = path.with_suffix("")
-    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+    return path.with_name(path.name + PCA_TENSORS_SUFFIX), path.with_name(path.name + PCA_SIDECAR_SUFFIX)
 
 
 @dataclass
@@ -172,8 +183,8 @@ class PCAArtifact:
         return int(self.components.shape[1])
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path.safetensors`` + ``path.json`` (atomically); returns the safetensors path."""
-        st_path, json_path = _resolve(path)
+        """Write the artifact's two files (``pca_files``, atomically); returns the tensors file."""
+        st_path, json_path = pca_files(path)
         st_path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
             "mean": self.mean.double().contiguous(),
@@ -199,12 +210,13 @@ class PCAArtifact:
 
     @classmethod
     def load(cls, path: str | Path) -> PCAArtifact:
-        st_path, json_path = _resolve(path)
+        st_path, json_path = pca_files(path)
         for p in (st_path, json_path):
             if not p.is_file():
                 raise LayoutError(
                     f"{p}: PCA file missing; fix: fit it first (python -m factory.jobs.extract_layouts) "
-                    "or point layout.pca to an existing <name>.safetensors with its <name>.json"
+                    "or point layout.pca to an existing "
+                    f"<name>{PCA_TENSORS_SUFFIX} with its <name>{PCA_SIDECAR_SUFFIX}"
                 )
         try:
             tensors = load_file(str(st_path))
@@ -258,6 +270,7 @@ __all__ = [
     "StreamingPCA",
     "draw_vectors",
     "fit_pca",
+    "pca_files",
     "sample_counts",
     "sample_positions",
     "stable_hash",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from factory.layout import (
     PCAArtifact,
     StreamingPCA,
     fit_pca,
+    pca_files,
     sample_counts,
     sample_positions,
 )
@@ -71,6 +73,15 @@ def test_save_load_round_trip_and_sidecar(tmp_path):
     assert side["scaling"] == "unit_variance" and len(side["eigenvalues"]) == 3
     again = PCAArtifact.load(tmp_path / "pca.safetensors")
     assert torch.equal(again.components, art.components) and again.meta == art.meta
+
+
+def test_pca_files_name_both_files_from_the_name_or_either_file(tmp_path):
+    want = (tmp_path / "pca.safetensors", tmp_path / "pca.json")
+    for given in ("pca", "pca.safetensors", "pca.json"):
+        assert pca_files(tmp_path / given) == want
+    assert pca_files("out/pca.v2") == (Path("out/pca.v2.safetensors"), Path("out/pca.v2.json"))
+    art = fit_pca({"k": torch.from_numpy(correlated(50, 6, 4))}, 2, {"signature": {}})
+    assert art.save(tmp_path / "pca.json") == want[0] and all(p.is_file() for p in want)
 
 
 def test_missing_or_foreign_pca_is_refused(tmp_path):
