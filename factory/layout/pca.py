@@ -34,7 +34,13 @@ _MATCH_EXCLUDE = {"model_ref"}
 
 
 def stable_hash(*parts: Any) -> int:
-    """A 64-bit hash of ``parts`` that is the same in every process (unlike Python's ``hash``)."""
+    """A 64-bit hash of ``parts`` that is the same in every process (unlike Python's ``hash``).
+
+    Deliberately not ``factory.synth.seeds.sample_seed``: that one length-prefixes its fields and
+    keeps the top 63 big-endian bits, this one joins ``str(part)`` with '\\x1f' and reads 64
+    little-endian bits. Either formula is pinned by what it already produced (which vectors every
+    fitted PCA drew; every generated dataset's seeds), so neither can become the other.
+    """
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little")
 

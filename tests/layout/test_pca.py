@@ -17,6 +17,7 @@ from factory.layout import (
     pca_files,
     sample_counts,
     sample_positions,
+    stable_hash,
 )
 
 
@@ -110,3 +111,10 @@ def test_sampling_is_reproducible_and_batch_independent():
     assert not torch.equal(pos, sample_positions("img4", 20, 16, 32, seed=0))
     assert not torch.equal(pos, sample_positions("img3", 20, 16, 32, seed=1))
     assert torch.equal(sample_positions("img3", 10_000, 4, 4, seed=0), torch.arange(16))
+
+
+def test_sampling_hash_is_pinned():
+    """Pinned values: a change here changes which vectors every PCA fit draws (and its bytes)."""
+    assert stable_hash(0, "positions", "aachen_000000_000019") == 3014213701138088885
+    assert sample_positions("aachen_000000_000019", 5, 4, 8, seed=0).tolist() == [0, 3, 6, 8, 18]
+    assert sample_counts(["a", "b", "c"], 5, seed=0) == {"a": 1, "b": 2, "c": 2}
