@@ -53,7 +53,7 @@ def measure(
     from factory.data.cityscapes import list_cityscapes, load_sample
     from factory.models import load_components
     from factory.train.controlnet import controlnet_pipeline, sample_images
-    from factory.train.grid import condition_to_rgb, save_grid
+    from factory.viz import condition_to_rgb, save_grid
 
     t0 = time.perf_counter()
     meta = json.loads((controlnet_dir / "lumen_training.json").read_text())
