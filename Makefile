@@ -58,7 +58,7 @@ city:  ## write the procedural city (Cityscapes + ACDC layouts) under data/
 	$(PY) -m factory.data.procedural --out data/procedural --height 128 --width 256
 
 demo:  ## the whole paper in miniature, offline, on a CPU
-	$(PY) -m factory.demo --out $(OUT)/demo
+	$(PY) -m demo --out $(OUT)/demo
 
 bench:  ## CPU benchmarks (tiny models): layout extraction, generation job vs model-only loop
 	$(PY) bench/bench_layout.py
