@@ -10,7 +10,7 @@ WHEELHOUSE ?= $(HOME)/.cache/lumen-factory/wheels
 CONSTRAINTS := $(VENV)/constraints.txt
 OUT ?= outputs
 
-.PHONY: help setup test test-fast lint format demo city contact-sheet train-segformer train-multitask bench \
+.PHONY: help setup test test-fast lint typecheck format demo city contact-sheet train-segformer train-multitask bench \
         cluster-up cluster-down cluster-submit clean
 
 help:  ## list targets
@@ -49,6 +49,9 @@ test-fast:  ## the fast tests only
 lint:  ## ruff lint + format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+typecheck:  ## mypy on factory and downstream (not part of lint yet)
+	$(PY) -m mypy factory downstream
 
 format:  ## ruff format + autofix
 	$(PY) -m ruff format .
