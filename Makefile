@@ -10,7 +10,7 @@ WHEELHOUSE ?= $(HOME)/.cache/lumen-factory/wheels
 CONSTRAINTS := $(VENV)/constraints.txt
 OUT ?= outputs
 
-.PHONY: help setup test test-fast lint format demo city contact-sheet train-segformer train-multitask bench \
+.PHONY: help setup test test-fast lint typecheck format demo city contact-sheet train-segformer train-multitask bench \
         cluster-up cluster-down cluster-submit clean
 
 help:  ## list targets
@@ -50,6 +50,9 @@ lint:  ## ruff lint + format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+typecheck:  ## mypy on factory and downstream (not part of lint yet)
+	$(PY) -m mypy factory downstream
+
 format:  ## ruff format + autofix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
@@ -58,7 +61,7 @@ city:  ## write the procedural city (Cityscapes + ACDC layouts) under data/
 	$(PY) -m factory.data.procedural --out data/procedural --height 128 --width 256
 
 demo:  ## the whole paper in miniature, offline, on a CPU
-	$(PY) -m factory.demo --out $(OUT)/demo
+	$(PY) -m demo --out $(OUT)/demo
 
 bench:  ## CPU benchmarks (tiny models): layout extraction, generation job vs model-only loop
 	$(PY) bench/bench_layout.py

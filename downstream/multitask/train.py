@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from factory.atomic import atomic_torch_save
 from factory.config import check, load_config, to_dict
 from factory.data.sample import DataError
 
@@ -262,9 +263,8 @@ def _keep_steps_before(log: Path, step: int) -> None:
 
 
 def _save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
-    tmp.replace(path)  # a kill mid-save leaves the previous checkpoint intact
+    # a kill mid-save leaves the previous checkpoint intact
+    atomic_torch_save(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

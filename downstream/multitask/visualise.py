@@ -16,7 +16,7 @@ import numpy as np
 from cityscapesscripts.helpers.box3dImageTransform import CRS_S, CRS_V, Box3dImageTransform
 
 from factory.data.labels import colorize
-from factory.layout.contact_sheet import make_sheet
+from factory.viz import save_grid
 
 from .geometry import SensorView
 
@@ -87,7 +87,4 @@ def prediction_row(
 
 def save_sheet(rows: list[list[np.ndarray]], path: Path) -> Path:
     """Rows of tiles -> one PNG (columns: boxes | semantics | depth predicted | depth truth)."""
-    sheet = make_sheet([r[0] for r in rows], [[r[i] for r in rows] for i in range(1, len(rows[0]))], scale=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), sheet[:, :, ::-1])
-    return path
+    return save_grid(rows, path, pad=2, margin=0)

@@ -23,10 +23,11 @@ from mmseg.registry import DATASETS
 from factory.data.acdc import CONDITIONS as ACDC_CONDITIONS
 from factory.data.acdc import list_acdc
 from factory.data.cityscapes import list_cityscapes
+from factory.data.members import member_name
 from factory.data.sample import DataError
 
 from .labels import CLASSES, PALETTE
-from .shards import expand_shards, index_shard, read_meta
+from .shards import LABELIDS_MEMBER, expand_shards, index_shard, read_meta
 
 METAINFO = dict(classes=CLASSES, palette=PALETTE)
 
@@ -141,7 +142,7 @@ class LumenShardDataset(_LumenSegDataset):
                 out.append(
                     dict(
                         img_path=f"{path}#{s.key}",
-                        seg_map_path=f"{path}#{s.key}.labelids.png",
+                        seg_map_path=f"{path}#{member_name(s.key, LABELIDS_MEMBER)}",
                         shard_files=files,
                         image_suffix=s.image_suffix,
                         label_encoding="labelIds",

@@ -9,13 +9,14 @@ It is logged every ``interval`` iterations and written to ``<work_dir>/consumed_
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
+
+from factory.atomic import atomic_write_text
 
 
 def count_sources(data_samples: list[Any]) -> Counter:
@@ -78,9 +79,7 @@ class SourceCountHook(Hook):
         missing = [s for s in self.declared if self.counts.get(s, 0) == 0]
         rep["unused_sources"] = missing
         path = Path(runner.work_dir) / self.out_file
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rep, indent=2))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(rep, indent=2))
         if missing and rep["total"] >= 2 * len(self.declared):
             raise RuntimeError(
                 f"training consumed nothing from source(s) {missing} (counts {dict(self.counts)}); see {path}"

@@ -21,10 +21,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from factory.data.members import IMAGE_SUFFIXES as WRITTEN_IMAGE_SUFFIXES
+from factory.data.members import LABEL_MEMBERS, META_MEMBER, member_name, split_member
 from factory.data.sample import DataError
 
-IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp")
-REQUIRED = ("labelids.png",)
+# the suffixes our writer uses (factory.data.members), plus ".jpeg" from other webdataset tools
+IMAGE_SUFFIXES = (*WRITTEN_IMAGE_SUFFIXES, "jpeg")
+LABELIDS_MEMBER = LABEL_MEMBERS["labelids"]
+REQUIRED = (LABELIDS_MEMBER,)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,9 @@ class ShardSample:
         for s in IMAGE_SUFFIXES:
             if s in self.files:
                 return s
-        raise DataError(self.shard, f"sample {self.key!r} has no image member", "write '<key>.png'")
+        raise DataError(
+            self.shard, f"sample {self.key!r} has no image member", f"write '{member_name('<key>', 'png')}'"
+        )
 
 
 def expand_shards(shards: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -77,7 +83,7 @@ def index_shard(path: str) -> list[ShardSample]:
                 name = Path(m.name).name
                 if "." not in name:
                     continue
-                key, suffix = name.split(".", 1)
+                key, suffix = split_member(name)
                 s = samples.setdefault(key, ShardSample(key=key, shard=path))
                 s.files[suffix] = ShardMember(path, m.offset_data, m.size)
     except tarfile.TarError as e:
@@ -123,11 +129,13 @@ def decode_label(data: bytes, where: str) -> np.ndarray:
 
 
 def read_meta(sample: ShardSample) -> dict[str, Any]:
-    if "json" not in sample.files:
+    if META_MEMBER not in sample.files:
         return {}
     try:
-        return json.loads(read_member(sample.files["json"]))
+        return json.loads(read_member(sample.files[META_MEMBER]))
     except json.JSONDecodeError as e:
         raise DataError(
-            f"{sample.shard}:{sample.key}.json", f"metadata is not JSON ({e})", "re-write the shard"
+            f"{sample.shard}:{member_name(sample.key, META_MEMBER)}",
+            f"metadata is not JSON ({e})",
+            "re-write the shard",
         ) from None

@@ -20,7 +20,7 @@ from PIL import Image
 from factory.data.sample import DataError
 
 from .labels import check_trainids, labelids_to_trainids
-from .shards import ShardMember, decode_image, decode_label, read_member
+from .shards import LABELIDS_MEMBER, ShardMember, decode_image, decode_label, read_member
 
 
 def _member(results: dict, suffix: str) -> ShardMember:
@@ -31,7 +31,7 @@ def _member(results: dict, suffix: str) -> ShardMember:
 def _label_size(results: dict) -> tuple[int, int] | None:
     """(h, w) of the label map, read from the PNG header only; None without labels."""
     if "shard_files" in results:
-        data = read_member(_member(results, "labelids.png"))
+        data = read_member(_member(results, LABELIDS_MEMBER))
         w, h = Image.open(io.BytesIO(data)).size
         return h, w
     path = results.get("seg_map_path")
@@ -84,7 +84,7 @@ class LoadLumenLabels(BaseTransform):
     def transform(self, results: dict) -> dict:
         where = results["seg_map_path"]
         if "shard_files" in results:
-            labels = decode_label(read_member(_member(results, "labelids.png")), where)
+            labels = decode_label(read_member(_member(results, LABELIDS_MEMBER)), where)
         else:
             with Image.open(where) as im:
                 if im.mode not in ("L", "P"):

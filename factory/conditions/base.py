@@ -16,10 +16,16 @@ class ConditionError(ValueError):
 
 @runtime_checkable
 class ConditionProvider(Protocol):
-    """Samples -> conditioning tensor (B, channels, H, W) float32 at pixel resolution."""
+    """Samples -> conditioning tensor (B, channels, H, W) float32 at pixel resolution.
+
+    ``needs_labels``: whether the provider reads the samples' decoded labels (the GT semseg
+    baseline does). Callers load samples with ``load_sample(ref, labels=provider.needs_labels)``:
+    decoding labels nobody reads costs time, and a label-free condition must not need them.
+    """
 
     kind: str
     channels: int
+    needs_labels: bool
 
     def signature(self) -> dict[str, Any]: ...
 

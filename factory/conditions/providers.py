@@ -11,6 +11,8 @@ resolution, so ControlNet training and synthesis never special-case the conditio
 - ``hed``: HED soft edges from a local weights file (``HEDNet``), 3 channels in [0, 1].
 
 The 3-channel baselines follow the ControlNet convention (an RGB-like conditioning image).
+Only ``semseg`` reads labels (``needs_labels``); ``depth`` estimates depth from the image alone
+(it never reads the reference's disparity), like the others.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ class ConditionConfig:
             f"{self.layout.resolution} differs from resolution {self.resolution}; set one of them",
         )
 
+    @property
+    def needs_labels(self) -> bool:
+        """Whether this kind's provider reads decoded labels (its class says; nothing is built)."""
+        return bool(PROVIDERS[self.kind].needs_labels)
+
 
 def _target_size(samples: Sequence[Sample], resolution: tuple[int, int] | None) -> tuple[int, int]:
     if not samples:
@@ -147,6 +154,7 @@ class CannyCondition:
 
     kind = "canny"
     channels = 3
+    needs_labels = False
 
     def __init__(self, low: int = 100, high: int = 200, resolution: tuple[int, int] | None = None):
         self.low, self.high, self.resolution = int(low), int(high), resolution
@@ -182,6 +190,7 @@ class SemsegCondition:
 
     kind = "semseg"
     channels = 3
+    needs_labels = True  # reads labelIds / labelTrainIds
 
     def __init__(self, resolution: tuple[int, int] | None = None):
         self.resolution = resolution
@@ -222,6 +231,7 @@ class DepthCondition:
 
     kind = "depth"
     channels = 3
+    needs_labels = False  # monocular: from the image, not the reference's disparity
 
     def __init__(
         self, model_dir: str | Path, *, device: str = "auto", resolution: tuple[int, int] | None = None
@@ -280,6 +290,7 @@ class HedCondition:
 
     kind = "hed"
     channels = 3
+    needs_labels = False
 
     def __init__(
         self, weights: str | Path, *, device: str = "auto", resolution: tuple[int, int] | None = None
@@ -304,6 +315,16 @@ class HedCondition:
         x = torch.from_numpy(np.stack([resize_image(s.image, size) for s in samples])).permute(0, 3, 1, 2)
         edges = self.net(x.float().to(self.device))  # (B, 1, H, W) in [0, 1]
         return edges.expand(-1, 3, -1, -1).float().contiguous().cpu()
+
+
+# kind -> provider class (for what a kind needs before its provider is built)
+PROVIDERS: dict[str, type[ConditionProvider]] = {
+    "layout": LayoutCondition,
+    "canny": CannyCondition,
+    "semseg": SemsegCondition,
+    "depth": DepthCondition,
+    "hed": HedCondition,
+}
 
 
 def build_condition(cfg: ConditionConfig, components: SDComponents | None = None) -> ConditionProvider:

@@ -11,9 +11,9 @@ each shard once into a folder of plain files and point the refs there:
   extractions of the same shard are deleted.
 - Extraction goes to a temporary folder that is renamed when complete, so an interrupted
   listing leaves no half-extracted shard behind, and a corrupt shard is all or nothing.
-- Members are read with the shard package's reader (``read_shard_samples``, stock
-  ``webdataset``); member names are kept (``<key>.png``, ``<key>.labelids.png``, ...), so the
-  extracted label files are the shard's bytes.
+- Members are read with stock ``webdataset`` (``factory.data.members.read_shard_samples``, the
+  format's own reader); member names are kept (``<key>.png``, ``<key>.labelids.png``, ...), so
+  the extracted label files are the shard's bytes.
 
 Cost: the disk space of the shards once more. Datasets too big for that should be read by
 random access into the tar (downstream.segformer.shards does so for training).
@@ -32,20 +32,10 @@ import tarfile
 from pathlib import Path
 from typing import Any, Literal
 
+from factory.data.members import IMAGE_SUFFIXES, MEMBER_KINDS, META_MEMBER, member_name, read_shard_samples
 from factory.data.sample import BadSample, DataError, ReadResult, SampleRef, check_key
 
 OnError = Literal["raise", "skip"]
-
-IMAGE_SUFFIXES = ("png", "jpg", "webp")
-# shard member suffix -> SampleRef.paths kind (factory.shards.LABEL_MEMBERS, inverted)
-MEMBER_KINDS = {
-    "labelids.png": "labelids",
-    "instanceids.png": "instanceids",
-    "labeltrainids.png": "labeltrainids",
-    "disparity.png": "disparity",
-    "boxes3d.json": "boxes3d",
-    "camera.json": "camera",
-}
 _FIX = "re-write the shard (rerun the job that made it; only complete shards are renamed to .tar)"
 
 
@@ -86,8 +76,6 @@ def extraction_dir(shard: Path, cache: Path) -> Path:
 
 def extract_shard(shard: Path, cache: Path) -> Path:
     """Extract ``shard``'s members into their own folder (once) and return that folder."""
-    from factory.shards import read_shard_samples
-
     final = extraction_dir(shard, cache)
     if (final / ".complete").is_file():
         return final
@@ -106,15 +94,18 @@ def extract_shard(shard: Path, cache: Path) -> Path:
                 raise DataError(shard, str(e), _FIX) from None
             members = {k: v for k, v in sample.items() if not k.startswith("__")}
             image = [s for s in IMAGE_SUFFIXES if s in members]
-            if not image or "json" not in members:
+            has_meta = META_MEMBER in members
+            if not image or not has_meta:
                 missing = [
-                    n for n, ok in (("image (png/jpg/webp)", image), ("json", "json" in members)) if not ok
+                    n
+                    for n, ok in ((f"image ({'/'.join(IMAGE_SUFFIXES)})", image), (META_MEMBER, has_meta))
+                    if not ok
                 ]
                 raise DataError(
                     shard, f"sample {key!r} lacks {', '.join(missing)} (members: {sorted(members)})", _FIX
                 )
             for suffix, data in members.items():
-                (tmp / f"{key}.{suffix}").write_bytes(data)
+                (tmp / member_name(key, suffix)).write_bytes(data)
             keys.append(key)
         (tmp / ".complete").write_text(json.dumps({"shard": str(shard), "keys": keys}))
         try:
@@ -138,12 +129,14 @@ def _refs_from(folder: Path, shard: Path, split: str) -> list[SampleRef]:
     info = json.loads((folder / ".complete").read_text())
     refs = []
     for key in info["keys"]:
-        image = next(folder / f"{key}.{s}" for s in IMAGE_SUFFIXES if (folder / f"{key}.{s}").is_file())
+        image = next(
+            folder / member_name(key, s) for s in IMAGE_SUFFIXES if (folder / member_name(key, s)).is_file()
+        )
         paths: dict[str, Path] = {"image": image}
         for suffix, kind in MEMBER_KINDS.items():
-            if (folder / f"{key}.{suffix}").is_file():
-                paths[kind] = folder / f"{key}.{suffix}"
-        meta_path = folder / f"{key}.json"
+            if (folder / member_name(key, suffix)).is_file():
+                paths[kind] = folder / member_name(key, suffix)
+        meta_path = folder / member_name(key, META_MEMBER)
         try:
             sample_meta: dict[str, Any] = json.loads(meta_path.read_text())
         except json.JSONDecodeError as e:

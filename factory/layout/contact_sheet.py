@@ -23,32 +23,12 @@ from factory.conditions import CannyCondition, SemsegCondition
 from factory.data.cityscapes import list_cityscapes, load_sample
 from factory.layout.neural import LayoutConfig, NeuralLayout, build_backbone, fit_layout_pca, layout_to_rgb
 from factory.layout.pca import PCAArtifact
+from factory.viz import save_grid
 
 
 def cityscapes_root(path: Path) -> Path:
     """Accept the procedural city's output folder (with cityscapes/ inside) or a Cityscapes root."""
     return path / "cityscapes" if (path / "cityscapes" / "leftImg8bit").is_dir() else path
-
-
-def make_sheet(
-    images: list[np.ndarray], columns: list[list[np.ndarray]], scale: int = 2, gap: int = 2
-) -> np.ndarray:
-    """Rows of [image, *columns] tiles (uint8 HxWx3, same size), upscaled by ``scale``, on white."""
-    rows = []
-    for i, img in enumerate(images):
-        tiles = [img] + [col[i] for col in columns]
-        h, w = img.shape[:2]
-        tiles = [cv2.resize(t, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) for t in tiles]
-        sep = np.full((h * scale, gap, 3), 255, np.uint8)
-        row = tiles[0]
-        for t in tiles[1:]:
-            row = np.concatenate([row, sep, t], axis=1)
-        rows.append(row)
-    hsep = np.full((gap, rows[0].shape[1], 3), 255, np.uint8)
-    sheet = rows[0]
-    for r in rows[1:]:
-        sheet = np.concatenate([sheet, hsep, r], axis=0)
-    return sheet
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -93,10 +73,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         (t.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for t in CannyCondition(resolution=size)(shown)
     ]
     semseg = [(t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for t in SemsegCondition(size)(shown)]
-    sheet = make_sheet(images, [layout_rgb, canny, semseg], scale=args.scale)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise SystemExit(f"{args.out}: could not write the PNG")
+    rows = [list(tiles) for tiles in zip(images, layout_rgb, canny, semseg, strict=True)]
+    # 2-pixel gaps, no outer margin, tiles upscaled without blurring the label colours
+    save_grid(rows, args.out, pad=2, margin=0, scale=args.scale, interpolation=cv2.INTER_NEAREST)
     print(
         f"wrote {args.out} ({len(shown)} rows: image | layout RGB | Canny | semseg) with PCA of {pca.meta.get('sample_count')} vectors"
     )

@@ -43,7 +43,7 @@ class LayoutConfig:
     pca_samples: int = 40000  # feature vectors drawn across the training set to fit the PCA
     sample_seed: int = 0  # which vectors are drawn
     resolution: tuple[int, int] | None = None  # (H, W) images are resized to; None = as read
-    pca: Path | None = None  # fitted artifact: <pca>.safetensors + <pca>.json
+    pca: Path | None = None  # fitted artifact: its two files are pca.pca_files(pca)
     # layouts stored by factory.jobs.extract_layouts (its out folder): references found there are
     # read, not computed (ControlNet training, generation); the rest are computed
     store: Path | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from factory.atomic import atomic_write_bytes, atomic_write_text
 from factory.layout.backbones import LayoutError
 
 FORMAT_VERSION = 1
@@ -33,7 +34,13 @@ _MATCH_EXCLUDE = {"model_ref"}
 
 
 def stable_hash(*parts: Any) -> int:
-    """A 64-bit hash of ``parts`` that is the same in every process (unlike Python's ``hash``)."""
+    """A 64-bit hash of ``parts`` that is the same in every process (unlike Python's ``hash``).
+
+    Deliberately not ``factory.synth.seeds.sample_seed``: that one length-prefixes its fields and
+    keeps the top 63 big-endian bits, this one joins ``str(part)`` with '\\x1f' and reads 64
+    little-endian bits. Either formula is pinned by what it already produced (which vectors every
+    fitted PCA drew; every generated dataset's seeds), so neither can become the other.
+    """
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
@@ -142,20 +149,22 @@ def fit_pca(
     return pca.fit(n_components, info)
 
 
-def _resolve(path: str | Path) -> tuple[Path, Path]:
+# The artifact's two files: ``<name>.safetensors`` (mean, components, eigenvalues) and
+# ``<name>.json`` (metadata). ``pca_files`` is the one place that turns a name into them.
+PCA_TENSORS_SUFFIX = ".safetensors"
+PCA_SIDECAR_SUFFIX = ".json"
+
+
+def pca_files(path: str | Path) -> tuple[Path, Path]:
+    """(tensors file, JSON sidecar) of the PCA artifact ``path``.
+
+    ``path`` is the artifact's name (``out/pca``) or either of its files (``out/pca.safetensors``,
+    ``out/pca.json``); any other suffix is part of the name (``pca.v2`` -> ``pca.v2.safetensors``).
+    """
     path = Path(path)
-    if path.suffix in (".safetensors", ".json"):
+    if path.suffix in (PCA_TENSORS_SUFFIX, PCA_SIDECAR_SUFFIX):
         path = path.with_suffix("")
-    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return path.with_name(path.name + PCA_TENSORS_SUFFIX), path.with_name(path.name + PCA_SIDECAR_SUFFIX)
 
 
 @dataclass
@@ -180,19 +189,19 @@ class PCAArtifact:
         return int(self.components.shape[1])
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path.safetensors`` + ``path.json`` (atomically); returns the safetensors path."""
-        st_path, json_path = _resolve(path)
+        """Write the artifact's two files (``pca_files``, atomically); returns the tensors file."""
+        st_path, json_path = pca_files(path)
         st_path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
             "mean": self.mean.double().contiguous(),
             "components": self.components.double().contiguous(),
             "eigenvalues": self.eigenvalues.double().contiguous(),
         }
-        tmp = st_path.with_name(f".{st_path.name}.tmp-{os.getpid()}")
         # One metadata key: safetensors writes its metadata map in hash order, so two keys
         # would make two fits of the same data differ in their header bytes.
-        save_file(tensors, str(tmp), metadata={"format": f"lumen-pca/{FORMAT_VERSION}"})
-        os.replace(tmp, st_path)
+        atomic_write_bytes(
+            st_path, safetensors_bytes(tensors, metadata={"format": f"lumen-pca/{FORMAT_VERSION}"})
+        )
         sidecar = {
             "format": "lumen-pca",
             "version": FORMAT_VERSION,
@@ -202,17 +211,18 @@ class PCAArtifact:
             "eigenvalues": [float(v) for v in self.eigenvalues],
             **self.meta,
         }
-        _atomic_write(json_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_text(json_path, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
         return st_path
 
     @classmethod
     def load(cls, path: str | Path) -> PCAArtifact:
-        st_path, json_path = _resolve(path)
+        st_path, json_path = pca_files(path)
         for p in (st_path, json_path):
             if not p.is_file():
                 raise LayoutError(
                     f"{p}: PCA file missing; fix: fit it first (python -m factory.jobs.extract_layouts) "
-                    "or point layout.pca to an existing <name>.safetensors with its <name>.json"
+                    "or point layout.pca to an existing "
+                    f"<name>{PCA_TENSORS_SUFFIX} with its <name>{PCA_SIDECAR_SUFFIX}"
                 )
         try:
             tensors = load_file(str(st_path))
@@ -266,6 +276,7 @@ __all__ = [
     "StreamingPCA",
     "draw_vectors",
     "fit_pca",
+    "pca_files",
     "sample_counts",
     "sample_positions",
     "stable_hash",

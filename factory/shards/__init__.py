@@ -1,17 +1,20 @@
-"""Webdataset shards (atomic, labels copied byte for byte) and the Parquet manifest (resume)."""
+"""Webdataset shards (atomic, labels copied byte for byte) and the Parquet manifest (resume).
 
+The member format (``LABEL_MEMBERS``, ``read_shard_samples``) lives in factory.data.members,
+shared with the readers, and ``atomic_write_bytes`` in factory.atomic: both are re-exported here
+only for factory/jobs, which imports them from this package.
+"""
+
+from factory.atomic import atomic_write_bytes
+from factory.data.members import LABEL_MEMBERS, read_shard_samples
 from factory.shards.manifest import SCHEMA, STATUSES, Manifest, ManifestRow
 from factory.shards.writer import (
-    LABEL_MEMBERS,
     ShardConfig,
     ShardWriter,
     WrittenSample,
-    atomic_write_bytes,
     encode_image,
     label_files,
-    read_shard_samples,
     remove_stale_temporaries,
-    sha256,
 )
 
 __all__ = [
@@ -28,5 +31,4 @@ __all__ = [
     "label_files",
     "read_shard_samples",
     "remove_stale_temporaries",
-    "sha256",
 ]

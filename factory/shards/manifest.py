@@ -19,8 +19,9 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from factory.atomic import atomic_write_bytes
 from factory.data.sample import check_key
-from factory.shards.writer import atomic_write_bytes, remove_stale_temporaries
+from factory.shards.writer import remove_stale_temporaries
 
 Status = Literal["ok", "rejected", "failed"]
 STATUSES = ("ok", "rejected", "failed")

@@ -2,46 +2,35 @@
 
 Why this shape:
 - A shard is the unit of resume. It is written under a temporary name in the same folder,
-  fsynced, then ``os.replace``d to its final name and the folder fsynced, so a crash leaves
-  either a complete shard or no shard, never a truncated one that a reader would accept.
+  fsynced, then ``os.replace``d to its final name and the folder fsynced (factory.atomic), so a
+  crash leaves either a complete shard or no shard, never a truncated one a reader would accept.
 - Label files are the reference's own bytes (DESIGN.md): never decoded and re-encoded, so a
   synthetic sample's labels are exactly the reference's.
 - Image encoding (PNG of 512x1024: 85-220 ms on one core) runs in a thread pool: OpenCV
   releases the GIL while encoding, so the caller's loop (a GPU) keeps working.
 - Tar headers carry a fixed mtime/owner, so the same samples give byte-identical shards.
+- The member names (``<key>.png``, ``<key>.labelids.png``, ...) are the format's, stated once in
+  factory.data.members, which the readers use too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
 
+from factory.atomic import fsync_dir, sha256
 from factory.config import check
+from factory.data.members import LABEL_MEMBERS, META_MEMBER, ImageFormat, member_name
 from factory.data.sample import DataError, SampleRef, check_key
-
-ImageFormat = Literal["png", "jpg", "webp"]
-
-# Label kinds copied into shards, and the member suffix each gets (``<key>.<suffix>``).
-# colour maps and polygons are derivable from labelIds and are not shipped.
-LABEL_MEMBERS: dict[str, str] = {
-    "labelids": "labelids.png",
-    "instanceids": "instanceids.png",
-    "labeltrainids": "labeltrainids.png",
-    "disparity": "disparity.png",
-    "boxes3d": "boxes3d.json",
-    "camera": "camera.json",
-}
 
 
 @dataclass
@@ -92,10 +81,6 @@ def label_files(ref: SampleRef) -> dict[str, Path]:
     return out
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 @dataclass
 class WrittenSample:
     """What was written for one sample: its key and the sha256 of every member (by suffix)."""
@@ -103,27 +88,6 @@ class WrittenSample:
     key: str
     checksums: dict[str, str] = field(default_factory=dict)
     encode_s: float = 0.0
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync, rename, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class ShardWriter:
@@ -194,10 +158,14 @@ class ShardWriter:
                         if fut is None:  # add_members: written as given
                             members = label_bytes
                         else:
-                            members = {self.cfg.image_format: fut.result(), **label_bytes, "json": meta_bytes}
+                            members = {
+                                self.cfg.image_format: fut.result(),
+                                **label_bytes,
+                                META_MEMBER: meta_bytes,
+                            }
                         sample = WrittenSample(key)
                         for suffix, data in members.items():
-                            _add_member(tar, f"{key}.{suffix}", data)
+                            _add_member(tar, member_name(key, suffix), data)
                             sample.checksums[suffix] = sha256(data)
                         written.append(sample)
                 f.flush()
@@ -222,7 +190,8 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete leftovers of writers that died mid-write (``.<name>.tmp-<pid>``)."""
+    """Delete leftovers of writers that died mid-write (``.<name>.tmp-<pid>`` from a shard,
+    ``.tmp-<name>.<pid>`` from factory.atomic: every hidden name with ``.tmp-`` in it)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -232,30 +201,11 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return stale
 
 
-def read_shard_samples(paths: Sequence[str | Path]) -> Iterator[dict[str, Any]]:
-    """Iterate raw samples of our shards with stock ``webdataset.WebDataset`` (no decoding).
-
-    Each item is webdataset's dict: ``__key__``, ``__url__`` and one ``bytes`` value per member
-    suffix (``png``, ``labelids.png``, ``json``, ...).
-    """
-    import webdataset as wds
-
-    urls = [str(p) for p in paths]
-    if not urls:
-        return iter(())
-    return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
-
-
 __all__ = [
-    "LABEL_MEMBERS",
     "ShardConfig",
     "ShardWriter",
     "WrittenSample",
-    "atomic_write_bytes",
     "encode_image",
-    "fsync_dir",
     "label_files",
-    "read_shard_samples",
     "remove_stale_temporaries",
-    "sha256",
 ]

@@ -3,6 +3,9 @@
 Python's ``hash`` is salted per process, so it would give a different image on every actor.
 SHA-256 over an unambiguous encoding is the same everywhere, which is what makes a sample
 identical whichever actor makes it, in whatever batch and order.
+
+The PCA's vector sampler has its own stable hash (``factory.layout.pca.stable_hash``): another
+byte formula, pinned by the PCAs already fitted, as this one is by the datasets already made.
 """
 
 from __future__ import annotations

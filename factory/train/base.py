@@ -403,7 +403,7 @@ def image_stats(images: np.ndarray) -> dict[str, float]:
 
 def preview(pipe, cfg: BaseTrainConfig, out: Path, pool: np.ndarray, weathers: list[str]) -> dict:
     """Sample each caption with fixed seeds; save a grid and compare statistics with the pool."""
-    from factory.train.grid import save_grid
+    from factory.viz import save_grid
 
     rows, stats = [], {}
     for weather in cfg.conditions:

@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Fit the neural-layout PCA in-process.")
     ap.add_argument("--model", required=True, help="model reference (base model folder, tiny, hub id)")
     ap.add_argument("--data", type=Path, required=True, help="Cityscapes-layout root")
-    ap.add_argument("--out", type=Path, required=True, help="artifact path (writes .safetensors + .json)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="artifact name (writes its .safetensors + .json: factory.layout.pca_files)",
+    )
     ap.add_argument("--split", default="train")
     ap.add_argument("--samples", type=int, default=20000, help="feature vectors drawn for the PCA")
     ap.add_argument("--limit", type=int, default=0)

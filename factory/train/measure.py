@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from factory.atomic import atomic_write_text
 from factory.config import from_dict
 from factory.quality.segmenter import (
     Segmenter,
@@ -52,7 +53,7 @@ def measure(
     from factory.data.cityscapes import list_cityscapes, load_sample
     from factory.models import load_components
     from factory.train.controlnet import controlnet_pipeline, sample_images
-    from factory.train.grid import condition_to_rgb, save_grid
+    from factory.viz import condition_to_rgb, save_grid
 
     t0 = time.perf_counter()
     meta = json.loads((controlnet_dir / "lumen_training.json").read_text())
@@ -108,8 +109,7 @@ def measure(
         "seconds": round(time.perf_counter() - t0, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "measure.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "measure.json", json.dumps(report, indent=2))
     return report
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import get_args
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +18,7 @@ from factory.conditions import (
     SemsegCondition,
     build_condition,
 )
+from factory.conditions.providers import PROVIDERS, ConditionKind
 from factory.config import ConfigError, from_dict
 from factory.data.procedural import render_scene
 from factory.data.sample import DataError, Sample
@@ -39,7 +43,27 @@ def check_contract(provider: ConditionProvider, samples, size=(64, 128)) -> torc
     assert out.shape == (len(samples), provider.channels, *size)
     assert torch.isfinite(out).all()
     assert isinstance(provider.signature(), dict) and provider.signature()["kind"] == provider.kind
+    assert isinstance(provider.needs_labels, bool)
+    if not provider.needs_labels:  # a label-free provider gives the same without any labels
+        unlabelled = [Sample(key=s.key, image=s.image) for s in samples]
+        torch.testing.assert_close(provider(unlabelled), out, rtol=0, atol=0)
     return out
+
+
+def test_needs_labels_is_declared_per_kind():
+    """Only the GT-semseg baseline reads labels; depth is estimated from the image alone."""
+    assert {kind: cls.needs_labels for kind, cls in PROVIDERS.items()} == {
+        "layout": False,
+        "canny": False,
+        "semseg": True,
+        "depth": False,
+        "hed": False,
+    }
+    assert set(PROVIDERS) == set(get_args(ConditionKind))
+    assert ConditionConfig(kind="semseg").needs_labels
+    assert not ConditionConfig(kind="canny").needs_labels
+    assert not ConditionConfig(kind="depth", depth_model=Path("d")).needs_labels
+    assert SemsegCondition().needs_labels and not CannyCondition().needs_labels
 
 
 def test_canny_edges_and_thresholds(samples):

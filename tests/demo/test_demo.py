@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from demo.stages import STAGES, DemoConfig, main
 from factory.config import ConfigError, load_config
-from factory.demo import STAGES, DemoConfig, main
 
 TINY = [
     "n_train=8",
@@ -66,7 +66,7 @@ def test_demo_runs_every_stage_and_caches(tmp_path, capsys):
 
 
 def test_weather_claim_is_checked_against_the_numbers():
-    from factory.demo import weather_lines
+    from demo.report import weather_lines
 
     def stats(**b):
         return {"weather_stats": {w: {"generated": {"brightness": v, "contrast": 0.1},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +14,10 @@ from factory.layout import (
     PCAArtifact,
     StreamingPCA,
     fit_pca,
+    pca_files,
     sample_counts,
     sample_positions,
+    stable_hash,
 )
 
 
@@ -73,6 +76,15 @@ def test_save_load_round_trip_and_sidecar(tmp_path):
     assert torch.equal(again.components, art.components) and again.meta == art.meta
 
 
+def test_pca_files_name_both_files_from_the_name_or_either_file(tmp_path):
+    want = (tmp_path / "pca.safetensors", tmp_path / "pca.json")
+    for given in ("pca", "pca.safetensors", "pca.json"):
+        assert pca_files(tmp_path / given) == want
+    assert pca_files("out/pca.v2") == (Path("out/pca.v2.safetensors"), Path("out/pca.v2.json"))
+    art = fit_pca({"k": torch.from_numpy(correlated(50, 6, 4))}, 2, {"signature": {}})
+    assert art.save(tmp_path / "pca.json") == want[0] and all(p.is_file() for p in want)
+
+
 def test_missing_or_foreign_pca_is_refused(tmp_path):
     with pytest.raises(LayoutError, match="pca.safetensors: PCA file missing.*fix"):
         PCAArtifact.load(tmp_path / "pca")
@@ -99,3 +111,10 @@ def test_sampling_is_reproducible_and_batch_independent():
     assert not torch.equal(pos, sample_positions("img4", 20, 16, 32, seed=0))
     assert not torch.equal(pos, sample_positions("img3", 20, 16, 32, seed=1))
     assert torch.equal(sample_positions("img3", 10_000, 4, 4, seed=0), torch.arange(16))
+
+
+def test_sampling_hash_is_pinned():
+    """Pinned values: a change here changes which vectors every PCA fit draws (and its bytes)."""
+    assert stable_hash(0, "positions", "aachen_000000_000019") == 3014213701138088885
+    assert sample_positions("aachen_000000_000019", 5, 4, 8, seed=0).tolist() == [0, 3, 6, 8, 18]
+    assert sample_counts(["a", "b", "c"], 5, seed=0) == {"a": 1, "b": 2, "c": 2}

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from factory.atomic import sha256
 from factory.config import ConfigError, from_dict
 from factory.data.sample import SampleRef
 from factory.shards import (
@@ -20,7 +21,6 @@ from factory.shards import (
     label_files,
     read_shard_samples,
     remove_stale_temporaries,
-    sha256,
 )
 
 
@@ -114,9 +114,10 @@ def test_failed_write_leaves_no_shard(tmp_path):
 
 def test_stale_temporaries_are_removed(tmp_path):
     (tmp_path / ".shard-000001.tar.tmp-123").write_bytes(b"partial")
+    (tmp_path / ".tmp-part-000001.parquet.123").write_bytes(b"partial")  # factory.atomic's temporary
     (tmp_path / "shard-000000.tar").write_bytes(b"")
     removed = remove_stale_temporaries(tmp_path)
-    assert [p.name for p in removed] == [".shard-000001.tar.tmp-123"]
+    assert [p.name for p in removed] == [".shard-000001.tar.tmp-123", ".tmp-part-000001.parquet.123"]
     assert [p.name for p in tmp_path.iterdir()] == ["shard-000000.tar"]
 
 

@@ -302,7 +302,7 @@ def test_a_references_variants_share_one_condition(city_root):
     provider = synth.condition
 
     class Counting:
-        kind, channels = provider.kind, provider.channels
+        kind, channels, needs_labels = provider.kind, provider.channels, provider.needs_labels
 
         def __call__(self, samples):
             seen.append(len(samples))

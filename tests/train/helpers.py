@@ -17,6 +17,7 @@ class LumaCondition:
 
     kind = "luma"
     channels = 1
+    needs_labels = False
 
     def signature(self) -> dict:
         return {"kind": self.kind, "channels": self.channels}

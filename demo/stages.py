@@ -13,27 +13,28 @@ Every stage runs the same public command a user runs on Cityscapes (``python -m 
 with a config from configs/ and ``key=value`` overrides); the demo only points them at its own
 output folder and sets the small budgets from configs/demo.yaml. A finished stage leaves
 ``<out>/stages/<name>.json`` with a fingerprint of its inputs; a rerun skips it, so a second run
-is quick, and changing a budget reruns that stage and everything after it.
+is quick, and changing a budget reruns that stage and everything after it. This module runs
+the stages; the report is rendered by demo.report.
 
 Usage::
 
-    python -m factory.demo --out outputs/demo [--config configs/demo.yaml] [--force STAGE ...]
+    python -m demo --out outputs/demo [--config configs/demo.yaml] [--force STAGE ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demo.report import render_report
+from factory.atomic import atomic_write_json, atomic_write_text, digest
 from factory.config import check, load_config, to_dict
 
 STAGES = (
@@ -54,7 +55,6 @@ STAGES = (
 # The paper's conditioning comparison: the label-free neural layout against Canny edges (no
 # labels either) and the ground-truth semantic map (needs labels for every training image).
 CONDITIONS = ("layout", "canny", "semseg")
-CONDITION_NAMES = {"layout": "neural layout (LUMEN)", "canny": "Canny edges", "semseg": "GT semantic map"}
 
 
 @dataclass
@@ -147,7 +147,7 @@ class Demo:
         ran_one = False
         for i, name in enumerate(STAGES, 1):
             # A stage's fingerprint chains the previous one's: a changed budget reruns what follows.
-            self.fingerprint = _digest(self.fingerprint, name, to_dict(self.cfg))
+            self.fingerprint = digest([self.fingerprint, name, to_dict(self.cfg)])
             marker = self.out / "stages" / f"{name}.json"
             banner = f"[{i}/{len(STAGES)}] {name}"
             # Once a stage has run (forced, new inputs, or unfinished), every later stage reruns
@@ -166,7 +166,7 @@ class Demo:
             result = getattr(self, f"stage_{name}")()
             seconds = time.perf_counter() - t0
             self.results[name] = result
-            _write_json(marker, {"fingerprint": self.fingerprint, "seconds": seconds, "result": result})
+            atomic_write_json(marker, {"fingerprint": self.fingerprint, "seconds": seconds, "result": result})
             print(f"{banner}: done in {seconds:.0f} s", flush=True)
         total = time.perf_counter() - t_all
         print(f"\ndemo finished in {total / 60:.1f} min; report: {self.out / 'report.md'}")
@@ -209,7 +209,7 @@ class Demo:
                         shutil.rmtree(path)
                     else:
                         path.unlink()
-        started.write_text(self.fingerprint + "\n")
+        atomic_write_text(started, self.fingerprint + "\n")
 
     def _call(self, main: Callable[[list[str]], Any], argv: list[str]) -> Any:
         print("$ python -m", main.__module__, " ".join(argv), flush=True)
@@ -325,6 +325,7 @@ class Demo:
 
     def stage_dg(self) -> dict:
         from downstream.benchmarks import dg
+        from factory.layout.pca import pca_files
 
         out = self.out / "dg"
         os.environ["CITY_ROOT"] = str(self.city)  # the procedural dataset config reads its roots from here
@@ -333,7 +334,7 @@ class Demo:
             ["--config", "configs/downstream/segformer_tiny_procedural-64x128.py",
              "--lumen", str(self.out / "generate" / "shards" / "*.tar"),
              "--ratio", str(self.cfg.dg_ratio), "--seeds", *map(str, self.cfg.dg_seeds),
-             "--max-iters", str(self.cfg.dg_max_iters), "--pca-meta", f"{self.pca}.json",
+             "--max-iters", str(self.cfg.dg_max_iters), "--pca-meta", str(pca_files(self.pca)[1]),
              "--out", str(out)],
         )  # fmt: skip
         return {"summary": result["summary"], "table": result["table"], "json": str(out / "dg.json")}
@@ -364,224 +365,13 @@ class Demo:
 
     def stage_report(self) -> dict:
         path = self.out / "report.md"
-        path.write_text(render_report(self.out, self.results))
+        atomic_write_text(path, render_report(self.out, self.results, STAGES, CONDITIONS))
         return {"report": str(path)}
-
-
-# ---------------------------------------------------------------------- report
-
-
-def render_report(out: Path, r: dict[str, Any]) -> str:
-    """The markdown report: pictures and tables, with the claims checked against the numbers."""
-
-    def rel(p: str | Path) -> str:
-        return os.path.relpath(Path(p), out)
-
-    align = r["alignment"]
-    lay, can = align["layout"]["scores"], align["canny"]["scores"]
-    dg_sum = r["dg"]["summary"]
-    mixes = list(dg_sum)
-    real, lumen = dg_sum.get("real", {}), dg_sum.get("real + LUMEN", {})
-    card = r["generate"]["card"]
-    seconds = stage_seconds(out)
-    lines = [
-        "# LUMEN Factory demo report",
-        "",
-        "The whole pipeline in miniature on the procedural city: every number below was measured",
-        "in this run (budgets: configs/demo.yaml). Claims are checked against the numbers, not tuned.",
-        "",
-        "## Conditioning comparison (alignment of generated images with the reused labels)",
-        "",
-        "A small segmenter trained on real procedural scenes predicts each generated image; mIoU is",
-        "against the *reference's* labels (the labels the factory ships with the image). The same",
-        "references are generated with the condition zeroed: the gap is what the condition adds.",
-        "",
-        "| conditioning | mIoU | pixel acc | mIoU, condition zeroed |",
-        "|---|---|---|---|",
-        f"| real reference (ceiling) | {lay['real_reference']['miou']:.3f} | "
-        f"{lay['real_reference']['pixel_acc']:.3f} | |",
-    ]
-    for kind in CONDITIONS:
-        sc = align[kind]["scores"]
-        lines.append(
-            f"| {CONDITION_NAMES[kind]} | {sc['layout']['miou']:.3f} | {sc['layout']['pixel_acc']:.3f} "
-            f"| {sc['zeroed']['miou']:.3f} |"
-        )
-    holds = lay["layout"]["miou"] > can["layout"]["miou"]
-    lines += [
-        "",
-        f"Claim: neural-layout alignment above Canny's - **{'holds' if holds else 'does not hold'}** "
-        f"at this scale ({lay['layout']['miou']:.3f} vs {can['layout']['miou']:.3f}). "
-        f"The GT semantic map, which needs a label for every training image, reaches "
-        f"{align['semseg']['scores']['layout']['miou']:.3f}.",
-        "",
-        f"![layout]({rel(align['layout']['grid'])})",
-        "",
-        "Columns: reference | condition | sample | sample with the condition zeroed.",
-        "",
-        *(f"![{kind}]({rel(align[kind]['grid'])})\n" for kind in CONDITIONS if kind != "layout"),
-        *weather_lines(r["base"]),
-        "## Generation (Ray job, label-reusing shards)",
-        "",
-        f"Accepted samples: {card['samples']['accepted']}; rejected attempts: "
-        f"{card['samples'].get('rejected', 0)}; failed: {card['samples'].get('failed', 0)}. "
-        f"Dataset card: {rel(Path(r['generate']['out']) / 'card.md')}.",
-        "",
-        f"![contact sheet]({rel(Path(r['generate']['out']) / 'contact_sheet.png')})",
-        "",
-        "## Domain generalisation (the paper's Table 4 layout, mIoU %)",
-        "",
-        "```",
-        r["dg"]["table"],
-        "```",
-        "",
-    ]
-    if real and lumen:
-        a, b = real["Avg"]["mean"], lumen["Avg"]["mean"]
-        verdict = "holds" if b > a else "does not hold"
-        lines.append(
-            f"Claim: real + LUMEN above real-only on the adverse-condition average - **{verdict}** "
-            f"at this scale ({b:.1f} vs {a:.1f}; seeds: {real['Avg']['n']})."
-        )
-    lines += [
-        "",
-        f"![dg]({rel(Path(r['dg']['json']).with_name('dg.png'))})",
-        "",
-        *multitask_lines(r["multitask"], rel),
-        "## Models",
-        "",
-        f"- base model: {r['base'].get('unet_steps_done')} U-Net steps; timings (s): {r['base'].get('timings')}",
-        "- ControlNets (same budget): "
-        + ", ".join(f"{kind} {r[f'controlnet_{kind}'].get('steps')} steps" for kind in CONDITIONS),
-        f"- mixes evaluated: {', '.join(mixes)}",
-        "",
-        "## Time per stage",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *(f"| {name} | {sec:.0f} |" for name, sec in seconds.items()),
-        f"| total | {sum(seconds.values()):.0f} |",
-        "",
-        "(A stage cached from an earlier run shows the time it took then.)",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def multitask_lines(mt: dict[str, Any], rel: Callable[[str | Path], str]) -> list[str]:
-    """The multi-task table (semantics, depth, 3D boxes on the real val images by training data)
-    and the claim that adding LUMEN images to the real ones improves 3D detection."""
-    s = mt["summary"]
-    lines = [
-        "## Multi-task: do LUMEN images carry the references' depth and 3D boxes?",
-        "",
-        "One MiT encoder with semantic, depth and 3D-box heads, trained on each mix and evaluated",
-        "on the real val images: mIoU (%), depth AbsRel and delta1 (%), and the official Cityscapes",
-        "3D Detection Score (cityscapesscripts' evaluator; 2D IoU 0.5 at this resolution). The",
-        "synthetic samples carry their reference's disparity and gtBbox3d unchanged.",
-        "",
-        "```",
-        mt["table"],
-        "```",
-        "",
-    ]
-    if "real" in s and "real + LUMEN" in s:
-        d = {
-            c: s["real + LUMEN"][c]["mean"] - s["real"][c]["mean"]
-            for c in ("mIoU", "AbsRel", "delta1", "mDS")
-        }
-        a, b = s["real"]["mDS"]["mean"], s["real + LUMEN"]["mDS"]["mean"]
-        verdict = "holds" if b > a else "does not hold"
-        lines += [
-            f"Claim: real + LUMEN above real-only on 3D car detection (the boxes are the references' "
-            f"own) - **{verdict}** at this scale (mDS {b:.1f} vs {a:.1f}; seeds: {s['real']['mDS']['n']}).",
-            "",
-            f"All differences, real + LUMEN minus real: mIoU {d['mIoU']:+.1f}, AbsRel {d['AbsRel']:+.3f} "
-            f"(lower is better), delta1 {d['delta1']:+.1f}, mDS {d['mDS']:+.1f}.",
-        ]
-    if "LUMEN" in s and "real" in s:
-        lines.append(
-            f"Trained on LUMEN images alone: mDS {s['LUMEN']['mDS']['mean']:.1f}, delta1 "
-            f"{s['LUMEN']['delta1']['mean']:.1f} (real only: {s['real']['mDS']['mean']:.1f}, "
-            f"{s['real']['delta1']['mean']:.1f})."
-        )
-    lines += ["", f"![multitask]({rel(Path(mt['json']).with_name('multitask.png'))})", ""]
-    pic = mt["pictures"].get("real + LUMEN")
-    if pic and Path(pic).is_file():
-        lines += [
-            f"![predictions]({rel(pic)})",
-            "",
-            "Real + LUMEN network on val images: 3D boxes (ground truth white, predictions green with",
-            "score) | predicted semantics | predicted depth | true depth (inverse depth, near = bright).",
-            "",
-        ]
-    return lines
-
-
-def weather_lines(base: dict[str, Any]) -> list[str]:
-    """The base model's weather steering: brightness of its samples per caption vs real renders,
-    and the claim that fog/snow come out brighter and night darker than clear."""
-    stats = base.get("weather_stats") or {}
-    if "clear" not in stats:
-        return []
-    lines = [
-        "## Weather steering of the base model (the text side)",
-        "",
-        "Mean brightness (and contrast) of the base model's preview samples per caption, against",
-        "the real renders of that weather (lumen_base.json).",
-        "",
-        "| caption | generated brightness | real | generated contrast | real |",
-        "|---|---|---|---|---|",
-    ]
-    for weather, st in stats.items():
-        g, real = st["generated"], st["real"]
-        lines.append(
-            f"| {weather} | {g['brightness']:.2f} | {real['brightness']:.2f} | "
-            f"{g['contrast']:.2f} | {real['contrast']:.2f} |"
-        )
-    clear = stats["clear"]["generated"]["brightness"]
-    checks = [
-        (w, stats[w]["generated"]["brightness"], op)
-        for w, op in (("fog", ">"), ("snow", ">"), ("night", "<"))
-    ]
-    checks = [(w, b, op) for w, b, op in checks if w in stats]
-    ok = all((b > clear) if op == ">" else (b < clear) for _, b, op in checks)
-    said = ", ".join(f"{w} {b:.2f}" for w, b, _ in checks)
-    lines += [
-        "",
-        f"Claim: fog and snow brighter, night darker than clear - **{'holds' if ok else 'does not hold'}** "
-        f"(clear {clear:.2f}; {said}).",
-        "",
-    ]
-    return lines
-
-
-def stage_seconds(out: Path) -> dict[str, float]:
-    """Seconds each finished stage took, from its marker (the report's own stage is still running)."""
-    seconds = {}
-    for name in STAGES:
-        marker = out / "stages" / f"{name}.json"
-        if marker.is_file():
-            seconds[name] = float(json.loads(marker.read_text())["seconds"])
-    return seconds
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m factory.demo",
+        prog="python -m demo",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -598,5 +388,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["CONDITIONS", "STAGES", "Demo", "DemoConfig", "main"]
