@@ -46,8 +46,9 @@ def main() -> None:
     from factory.config import load_config
     from factory.data.cityscapes import load_sample
     from factory.data.procedural import generate_city
+    from factory.jobs.generate import GenerateConfig, plan_items, run
+    from factory.jobs.generate.synthesizers import build_synthesizer
     from factory.jobs.plan import list_references
-    from factory.jobs.generate import GenerateConfig, LumenSynthesizer, plan_items, run
     from factory.shards import Manifest
 
     torch.set_num_threads(1)  # one core per actor, and the same for the model-only loop
@@ -75,7 +76,7 @@ def main() -> None:
 
     # 1. Model-only loop: the Synthesizer on preloaded samples, same batch size.
     cfg = load_config(GenerateConfig, None, [f"out={tmp / 'unused'}", *base])
-    synth = LumenSynthesizer(cfg).setup()
+    synth = build_synthesizer(cfg)
     items = plan_items(list_references(cfg.dataset), cfg.variants.build(), cfg.seed)
     samples = [load_sample(it.ref, labels=False) for it in items]
     synth(items[: args.batch], samples=samples[: args.batch])  # warm-up

@@ -276,7 +276,9 @@ class Demo:
             f"threads={self.cfg.threads}",
         ]  # fmt: skip
         if kind == "layout":
-            argv += [f"condition.layout.model={self.base}", f"condition.layout.pca={self.pca}"]
+            # the layouts the extraction stage stored are read, not recomputed
+            argv += [f"condition.layout.model={self.base}", f"condition.layout.pca={self.pca}",
+                     f"condition.layout.store={self.out / 'layouts'}"]  # fmt: skip
         self._call(controlnet.main, argv + list(self.cfg.controlnet_overrides))
         meta = json.loads((out / "lumen_training.json").read_text())
         return {"path": str(out), "steps": meta.get("steps"), "timings": meta.get("timings")}
@@ -315,9 +317,9 @@ class Demo:
             generate.main,
             ["--config", "configs/generate/procedural.yaml", f"out={out}",
              f"dataset.root={self.city / 'cityscapes'}", "dataset.limit=0",
-             f"variants.sets=[{', '.join(self.cfg.variants)}]", f"synth.base_model={self.base}",
-             f"synth.controlnet={self.controlnet('layout')}", "condition.kind=layout",
-             f"condition.layout.model={self.base}", f"condition.layout.pca={self.pca}",
+             f"variants.sets=[{', '.join(self.cfg.variants)}]",
+             # base model, condition, PCA and layout store: the ControlNet's recorded recipe
+             f"synth.controlnet={self.controlnet('layout')}", "synth.condition=null",
              f"seed={self.cfg.seed}", *self.cfg.generate_overrides],
         )  # fmt: skip
         card = json.loads((out / "card.json").read_text())

@@ -112,7 +112,8 @@ class LayoutCondition:
 
     With a ``store`` (layouts written by the extraction job), a sample whose key is stored is
     read, not computed; ``read`` / ``computed`` count which was which. Both paths give the same
-    tensor: computed layouts go through the stored float16 form too.
+    tensor up to one float16 rounding step: computed layouts go through the stored float16 form
+    too (the backbone's last float32 bits depend on its batch and thread count).
     """
 
     kind = "layout"

@@ -43,6 +43,7 @@ import numpy as np
 from factory.atomic import digest
 from factory.config import check, load_config, to_dict
 from factory.data.datasets import DatasetConfig
+from factory.data.members import LAYOUT_MEMBER, META_MEMBER
 from factory.data.sample import DataError, Sample, SampleRef
 from factory.jobs.executors import ExecutorKind, RayConfig, run_stage, shutdown_ray_we_started
 from factory.jobs.loading import load_ahead
@@ -212,8 +213,8 @@ class LayoutStage(_BackboneStage):
                 writer.add_members(
                     sample.key,
                     {
-                        "layout.npy": buf.getvalue(),
-                        "json": json.dumps(meta, sort_keys=True, indent=1).encode(),
+                        LAYOUT_MEMBER: buf.getvalue(),
+                        META_MEMBER: json.dumps(meta, sort_keys=True, indent=1).encode(),
                     },
                 )
                 rows.append(self._row(sample.key, shard, "ok", "", dt))
@@ -253,7 +254,7 @@ class ExtractSummary:
 @shutdown_ray_we_started()
 def run(cfg: ExtractConfig) -> ExtractSummary:
     from factory.layout.neural import build_backbone, pca_meta
-    from factory.layout.pca import fit_pca, sample_counts
+    from factory.layout.pca import fit_pca, pca_files, sample_counts
 
     t0 = time.perf_counter()
     if not cfg.progress:
@@ -276,10 +277,10 @@ def run(cfg: ExtractConfig) -> ExtractSummary:
     # 2. PCA: given, reused from an earlier run, or fitted now from distributed samples.
     fitted = False
     pca_path = cfg.layout.pca or out / "pca"
-    if not Path(f"{pca_path}.safetensors").is_file():
+    if not pca_files(pca_path)[0].is_file():
         if cfg.layout.pca is not None:
             raise FileNotFoundError(
-                f"layout.pca: {pca_path}.safetensors does not exist (fix: fit it, or unset)"
+                f"layout.pca: {pca_files(pca_path)[0]} does not exist (fix: fit it, or unset)"
             )
         counts = sample_counts([r.key for r in refs], cfg.layout.pca_samples, cfg.layout.sample_seed)
         vectors: dict[str, Any] = {}

@@ -273,7 +273,8 @@ class NeuralLayout:
         """Layouts at pixel resolution (B, N, H, W) float32: the ControlNet conditioning image.
 
         Always through the stored form (float16 at the feature grid), so a layout computed here
-        is bit-identical to the one extraction stored and training or generation reads back.
+        is the one extraction stores and training or generation reads back (up to one float16
+        rounding step: the backbone's last float32 bits depend on its batch and thread count).
         """
         return self.upsample_stored(self.compute_stored(items), self.pixel_size(items))
 

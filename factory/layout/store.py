@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-MEMBER = "layout.npy"
+from factory.data.members import LAYOUT_MEMBER, META_MEMBER
 
 
 class LayoutStoreError(ValueError):
@@ -49,9 +49,9 @@ class LayoutStore:
                 with tarfile.open(path, "r:") as tar:
                     for m in tar.getmembers():
                         key, _, suffix = m.name.partition(".")
-                        if suffix == MEMBER and m.isfile():
+                        if suffix == LAYOUT_MEMBER and m.isfile():
                             self.index[key] = (path, m.offset_data, m.size)
-                        elif suffix == "json" and self._signature is None and m.isfile():
+                        elif suffix == META_MEMBER and self._signature is None and m.isfile():
                             f = tar.extractfile(m)
                             meta = json.loads(f.read()) if f else {}
                             self._signature = meta.get("layout")
@@ -91,7 +91,9 @@ class LayoutStore:
             data = f.read(size)
         arr = np.load(io.BytesIO(data), allow_pickle=False)
         if arr.dtype != np.float16 or arr.ndim != 3:
-            raise LayoutStoreError(f"{path}: {key}.{MEMBER} is {arr.dtype} {arr.shape}, expected float16 (N, h, w)")
+            raise LayoutStoreError(
+                f"{path}: {key}.{LAYOUT_MEMBER} is {arr.dtype} {arr.shape}, expected float16 (N, h, w)"
+            )
         return torch.from_numpy(arr)
 
 

@@ -1,11 +1,9 @@
 """Webdataset shards (atomic, labels copied byte for byte) and the Parquet manifest (resume).
 
 The member format (``LABEL_MEMBERS``, ``read_shard_samples``) lives in factory.data.members,
-shared with the readers, and ``atomic_write_bytes`` in factory.atomic: both are re-exported here
-only for factory/jobs, which imports them from this package.
+shared with the readers; it is re-exported here for the tests and tools that read our shards.
 """
 
-from factory.atomic import atomic_write_bytes
 from factory.data.members import LABEL_MEMBERS, read_shard_samples
 from factory.shards.manifest import SCHEMA, STATUSES, Manifest, ManifestRow
 from factory.shards.writer import (
@@ -26,7 +24,6 @@ __all__ = [
     "ShardConfig",
     "ShardWriter",
     "WrittenSample",
-    "atomic_write_bytes",
     "encode_image",
     "label_files",
     "read_shard_samples",

@@ -302,13 +302,13 @@ class Synthesizer:
     @property
     def needs_labels(self) -> bool:
         """Whether the condition reads the reference's labels (the GT-semseg baseline does)."""
-        return bool(getattr(self.condition, "needs_labels", getattr(self.condition, "kind", "") == "semseg"))
+        return bool(self.condition is not None and self.condition.needs_labels)
 
     def preview(self, sample: Any) -> np.ndarray | None:
         """The reference's condition as an RGB picture (first three channels), for contact sheets."""
         if self.condition is None:
             return None
-        from factory.train.grid import condition_to_rgb
+        from factory.viz import condition_to_rgb
 
         return condition_to_rgb(self.condition([sample])[0])
 
@@ -486,10 +486,14 @@ class Synthesizer:
             if first:
                 computed = self.condition([loaded[i] for i in first.values()])
                 per_ref = {key: computed[j : j + 1] for j, key in enumerate(first)}
+        except torch.OutOfMemoryError:
+            raise  # a resource problem, not the sample's: the job halves its batch and retries
         except (ValueError, OSError, RuntimeError):  # isolate the reference(s) that break it
             for key, i in first.items():
                 try:
                     per_ref[key] = self.condition([loaded[i]])
+                except torch.OutOfMemoryError:
+                    raise
                 except (ValueError, OSError, RuntimeError) as e:
                     problems[key] = e
         rows = []

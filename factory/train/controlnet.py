@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from factory.atomic import fsync_dir
 from factory.config import ConfigError, check, from_dict, load_config, to_dict
 from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.sample import DataError, Sample, SampleRef
@@ -333,7 +334,7 @@ def prepare_data(cfg: ControlNetTrainConfig, refs, components, provider, channel
     from factory.models import encode_prompts
 
     size = cfg.resolution or check_image_sizes(refs)
-    needs_labels = bool(getattr(provider, "needs_labels", getattr(provider, "kind", "") == "semseg"))
+    needs_labels = bool(getattr(provider, "needs_labels", False))
     stored = callable(getattr(provider, "stored", None))  # a layout: keep it at the feature grid
     captions = [caption_for(r, cfg.caption) for r in refs]
     uniq = sorted(set(captions))
@@ -585,27 +586,16 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, "time": time.time()}))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
+        fsync_dir(ckpt_root)
         done = sorted((int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
         for _, old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def controlnet_pipeline(components, controlnet):
@@ -647,7 +637,7 @@ def sample_images(
 
 def validation_grid(cfg: ControlNetTrainConfig, data: _Data, components, controlnet, path: Path) -> Path:
     """Rows: one per reference image: reference | condition | one sample per validation prompt."""
-    from factory.train.grid import condition_to_rgb, save_grid
+    from factory.viz import condition_to_rgb, save_grid
 
     v = cfg.validation
     controlnet.eval()
@@ -658,7 +648,7 @@ def validation_grid(cfg: ControlNetTrainConfig, data: _Data, components, control
     seeds = [v.seed + i for i in range(n)]
     samples = [sample_images(pipe, cond, p, seeds, v.steps, v.guidance) for p in v.prompts]
     rows = [[data.samples[i].image, condition_to_rgb(cond[i]), *(s[i] for s in samples)] for i in range(n)]
-    return save_grid(rows, path)
+    return save_grid(rows, path, col_labels=["reference", "condition", *v.prompts])
 
 
 def save_result(

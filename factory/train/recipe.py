@@ -67,11 +67,11 @@ class ControlNetRecipe:
 def pca_file_hash(pca: str | Path | None) -> str | None:
     """sha256 (16 hex) of a PCA artifact's ``.safetensors`` (None when there is none)."""
     from factory.atomic import file_digest
-    from factory.layout.pca import _resolve
+    from factory.layout.pca import pca_files
 
     if pca is None:
         return None
-    return file_digest(_resolve(pca)[0])
+    return file_digest(pca_files(pca)[0])
 
 
 __all__ = ["RESULT_FILE", "ControlNetRecipe", "RecipeError", "pca_file_hash"]

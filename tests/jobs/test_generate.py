@@ -7,6 +7,7 @@ factory.synth Synthesizer with tiny models through the same job.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -68,9 +69,53 @@ def test_job_writes_readable_shards_with_reference_labels(baseline, city_root):
 def test_rerun_skips_finished_shards(baseline, city_root):
     out, _ = baseline
     before = shard_bytes(out)
+    accounting = json.loads((out / "card.json").read_text())["accounting"]
     summary = run(make_cfg(city_root, out))
     assert summary.shards_skipped == 3 and summary.shards_done == []
     assert shard_bytes(out) == before
+    # nothing ran, so the card keeps the first run's compute accounting (it once fell back to CPU)
+    assert summary.card["accounting"] == accounting and accounting["kind"] == "cpu"
+    assert "cpu_seconds_per_accepted_sample" in summary.card
+
+
+def test_contact_sheet_reads_only_the_shards_it_shows(city_root, tmp_path, monkeypatch):
+    from factory.data import members
+
+    read: list[str] = []
+    real = members.read_shard_samples
+
+    def counting(paths):
+        read.extend(Path(p).name for p in paths)
+        return real(paths)
+
+    monkeypatch.setattr(members, "read_shard_samples", counting)
+    out = tmp_path / "out"
+    run(make_cfg(city_root, out, "executor=in_process", "contact_sheet_refs=1"))
+    assert read == ["shard-000000.tar"]  # the first reference's two variants, not all 3 shards
+    assert (out / "contact_sheet.png").stat().st_size > 0
+
+
+def test_label_size_of_a_shard_reference_generated_smaller_than_its_labels(city_root, tmp_path):
+    """A second job on the first job's shards records the labels' size, not the image's."""
+    real = ["synthesizer=lumen", "synth.base_model=tiny", "synth.steps=1", "synth.device=cpu",
+            "synth.scheduler=ddim", "synth.condition.kind=canny", "synth.condition.device=cpu",
+            "quality.min_std=0", "executor=in_process"]  # fmt: skip
+    first = tmp_path / "first"
+    run(
+        make_cfg(city_root, first, *real, "synth.height=32", "synth.width=64", "variants.sets=[fog]", limit=1)
+    )
+    meta = json.loads(next(read_shard_samples(sorted((first / "shards").glob("*.tar"))))["json"])
+    assert meta["image_size"] == [32, 64] and meta["label_size"] == [64, 128]
+    second = tmp_path / "second"
+    cfg = make_cfg(
+        city_root, second, *real, "variants.sets=[night]", "synth.height=32", "synth.width=64", limit=1
+    )
+    cfg = dataclasses.replace(
+        cfg, dataset=dataclasses.replace(cfg.dataset, kind="shards", root=first / "shards")
+    )
+    assert run(cfg).counts == {"ok": 1}
+    meta = json.loads(next(read_shard_samples(sorted((second / "shards").glob("*.tar"))))["json"])
+    assert meta["label_size"] == [64, 128], "the reference's labels are 64x128 although its image is 32x64"
 
 
 def test_killed_actor_is_replaced_and_work_reassigned(baseline, city_root, tmp_path):
@@ -195,6 +240,29 @@ def test_real_synthesizer_tiny_models_through_the_job(city_root, ray_local, tmp_
     sample = next(read_shard_samples(sorted((tmp_path / "b1" / "shards").glob("*.tar"))))
     meta = json.loads(sample["json"])
     assert meta["models"]["base_model"]["ref"] == "tiny" and meta["models"]["sampler"]["steps"] == 2
+
+
+def test_synth_dtype_reaches_the_models_inside_the_job(city_root, tmp_path, monkeypatch):
+    """``synth.dtype`` is the precision the job's models run in (it was once dropped on the way)."""
+    from factory.jobs.generate import stage as stage_module
+
+    seen: list[str] = []
+    real_build = stage_module.GenerateStage.setup
+
+    def spy(self):
+        real_build(self)
+        seen.extend(str(p.dtype) for p in (next(self.synth.components.unet.parameters()),
+                                           next(self.synth.controlnet.parameters())))  # fmt: skip
+
+    monkeypatch.setattr(stage_module.GenerateStage, "setup", spy)
+    real = ["synthesizer=lumen", "synth.base_model=tiny", "synth.steps=1", "synth.device=cpu",
+            "synth.scheduler=ddim", "synth.condition.kind=canny", "synth.condition.device=cpu",
+            "quality.min_std=0", "executor=in_process", "synth.dtype=bfloat16"]  # fmt: skip
+    out = tmp_path / "bf16"
+    assert run(make_cfg(city_root, out, *real, limit=1)).counts == {"ok": 2}
+    assert seen == ["torch.bfloat16", "torch.bfloat16"]
+    meta = json.loads(next(read_shard_samples(sorted((out / "shards").glob("*.tar"))))["json"])
+    assert meta["models"]["dtype"] == "bfloat16"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Layouts computed once: extraction's layout shards feed ControlNet training and generation.
 
-A stored layout equals the one the condition would compute (both go through float16 at the
-feature grid); training reads every reference that has one and computes only the rest; a store
+A stored layout equals the one the condition would compute up to one float16 rounding step
+(both go through float16 at the feature grid); training reads every reference that has one and computes only the rest; a store
 made with another PCA is refused; a ControlNet trained with one PCA refuses another at
 generation and gives its recorded recipe as the default.
 """
@@ -52,7 +52,9 @@ def store_dir(city_root, base, tmp_path_factory) -> Path:
 
 
 def _layout_condition(base: Path, pca: Path, store: Path | None = None) -> ConditionConfig:
-    return ConditionConfig(kind="layout", layout=LayoutConfig(model=str(base), pca=pca, store=store, device="cpu"))
+    return ConditionConfig(
+        kind="layout", layout=LayoutConfig(model=str(base), pca=pca, store=store, device="cpu")
+    )
 
 
 def test_stored_layouts_equal_computed_ones(city_root, base, store_dir):
@@ -63,7 +65,10 @@ def test_stored_layouts_equal_computed_ones(city_root, base, store_dir):
     computed = build_condition(_layout_condition(base, store_dir / "pca"))
     reading = build_condition(_layout_condition(base, store_dir / "pca", store_dir))
     a, b = computed(samples), reading(samples)
-    assert torch.equal(a, b) and a.shape == (2, computed.channels, 64, 128)
+    # the same float16 grid, upsampled the same way: equal up to one float16 rounding step (the
+    # backbone's last bits depend on the batch it ran in and the thread count)
+    assert a.shape == b.shape == (2, computed.channels, 64, 128)
+    assert (a - b).abs().max() <= 2**-9 and (a == b).float().mean() > 0.9
     assert (reading.read, reading.computed) == (2, 0) and (computed.read, computed.computed) == (0, 2)
     assert store.get(samples[0].key).dtype == torch.float16
 
@@ -99,7 +104,9 @@ def test_training_reads_stored_layouts_and_computes_none(city_root, base, store_
 
 
 def test_training_computes_only_the_references_without_a_stored_layout(city_root, base, store_dir, tmp_path):
-    partial = _extract(city_root, tmp_path / "partial", base, f"layout.pca={store_dir / 'pca'}", "dataset.limit=2")
+    partial = _extract(
+        city_root, tmp_path / "partial", base, f"layout.pca={store_dir / 'pca'}", "dataset.limit=2"
+    )
     cond = {"kind": "layout", "layout": {"model": str(base), "pca": str(store_dir / "pca"),
                                          "store": str(partial), "device": "cpu"}}  # fmt: skip
     meta = json.loads((_train(city_root, base, tmp_path / "cn", cond) / RESULT_FILE).read_text())
@@ -118,7 +125,9 @@ def test_generation_defaults_to_the_controlnets_recipe(layout_controlnet, base, 
     assert cfg.condition.kind == "layout" and Path(cfg.condition.layout.pca) == store_dir / "pca"
 
 
-def test_a_controlnet_trained_with_one_pca_refuses_another(city_root, base, store_dir, layout_controlnet, tmp_path):
+def test_a_controlnet_trained_with_one_pca_refuses_another(
+    city_root, base, store_dir, layout_controlnet, tmp_path
+):
     other = _extract(city_root, tmp_path / "other", base, "layout.sample_seed=1")
     cfg = SynthConfig(controlnet=str(layout_controlnet), condition=_layout_condition(base, other / "pca"))
     with pytest.raises(RecipeError, match=r"not the PCA the ControlNet .* was trained with") as e:
@@ -128,11 +137,15 @@ def test_a_controlnet_trained_with_one_pca_refuses_another(city_root, base, stor
 
 def test_a_controlnet_refuses_another_base_model(layout_controlnet, tmp_path):
     # the same weights under another reference are the same base model ...
-    assert resolve_recipe(SynthConfig(controlnet=str(layout_controlnet), base_model="tiny")).base_model == "tiny"
+    assert (
+        resolve_recipe(SynthConfig(controlnet=str(layout_controlnet), base_model="tiny")).base_model == "tiny"
+    )
     # ... other weights are not
     other = load_components("tiny")
     with torch.no_grad():
         next(other.unet.parameters()).add_(1.0)
     save_components(other, tmp_path / "other-base")
     with pytest.raises(RecipeError, match="is not the base model the ControlNet"):
-        resolve_recipe(SynthConfig(controlnet=str(layout_controlnet), base_model=str(tmp_path / "other-base")))
+        resolve_recipe(
+            SynthConfig(controlnet=str(layout_controlnet), base_model=str(tmp_path / "other-base"))
+        )

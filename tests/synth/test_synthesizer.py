@@ -315,3 +315,27 @@ def test_a_references_variants_share_one_condition(city_root):
     synth.condition = provider
     alone = synth([work[1]])[0]
     assert np.array_equal(alone.image, outs[1].image)
+
+
+def test_out_of_memory_while_computing_a_condition_is_not_the_samples_failure(city_root):
+    """A CUDA OOM in the condition provider propagates (the job halves its batch and retries);
+    it is never recorded as a permanent per-sample failure."""
+    import torch
+
+    from factory.data.cityscapes import list_cityscapes
+    from factory.synth.synthesizer import SynthConfig, Synthesizer, WorkItem
+    from factory.synth.variants import Variant
+
+    class OOMCondition:
+        kind = "oom"
+        channels = 3
+        needs_labels = False
+
+        def __call__(self, samples):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    synth = Synthesizer(SynthConfig(base_model="tiny", steps=1, device="cpu"), condition=OOMCondition())
+    ref = list_cityscapes(city_root / "cityscapes", "train").refs[0]
+    item = WorkItem(ref, Variant(name="fog", prompt="a city street scene in fog"), seed=1)
+    with pytest.raises(torch.OutOfMemoryError):
+        synth([item])

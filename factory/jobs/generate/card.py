@@ -99,8 +99,8 @@ def write_contact_sheet(
     """
     import cv2
 
-    from factory.shards import read_shard_samples
-    from factory.train.grid import save_grid
+    from factory.data.members import IMAGE_SUFFIXES, read_shard_samples
+    from factory.viz import save_grid
 
     if not refs:
         return None
@@ -110,7 +110,7 @@ def write_contact_sheet(
     paths = [out / "shards" / f"{s}.tar" for s in shards if (out / "shards" / f"{s}.tar").is_file()]
     for s in read_shard_samples(paths):
         if s["__key__"] in wanted:
-            ext = next(e for e in ("png", "jpg", "webp") if e in s)
+            ext = next(e for e in IMAGE_SUFFIXES if e in s)
             found[s["__key__"]] = cv2.imdecode(np.frombuffer(s[ext], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     rows = []
     for ref in refs:
@@ -125,8 +125,8 @@ def write_contact_sheet(
         rows.append(
             [cv2.resize(np.ascontiguousarray(p), (w, h), interpolation=cv2.INTER_AREA) for p in panels]
         )
-    path = out / "contact_sheet.png"
-    return save_grid(rows, path)
+    headers = ["reference", "condition", *(v.name for v in variants)]
+    return save_grid(rows, out / "contact_sheet.png", col_labels=headers)
 
 
 __all__ = ["previous_accounting", "write_card", "write_contact_sheet"]
