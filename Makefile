@@ -57,6 +57,14 @@ format:  ## ruff format + autofix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# The offline foundation model shipped in models/ (stands in for SD 1.5): retrain it from scratch
+# with its recipe (resumable: rerun after a kill), then ship it (recipe, loss curve, hashes).
+FOUNDATION := procedural-base-v1
+foundation:  ## retrain the shipped foundation model (models/$(FOUNDATION); ~60 min on 2 cores, resumable)
+	$(PY) -m factory.train.base --config configs/train/procedural_foundation.yaml out=$(OUT)/foundation/$(FOUNDATION)
+	$(PY) -m factory.train.ship $(OUT)/foundation/$(FOUNDATION) models/$(FOUNDATION) \
+		--command "make foundation" --commit "$$(git rev-parse --short HEAD)"
+
 city:  ## write the procedural city (Cityscapes + ACDC layouts) under data/
 	$(PY) -m factory.data.procedural --out data/procedural --height 128 --width 256
 

@@ -225,6 +225,7 @@ class Synthesizer:
         self.controlnet = controlnet
         self.condition = condition
         self._ready = False
+        self._last_conditions: dict[str, torch.Tensor] = {}  # per reference, from the last call
 
     @classmethod
     def from_config(cls, cfg: SynthConfig, *, seed: int = 0) -> Synthesizer:
@@ -305,12 +306,14 @@ class Synthesizer:
         return bool(self.condition is not None and self.condition.needs_labels)
 
     def preview(self, sample: Any) -> np.ndarray | None:
-        """The reference's condition as an RGB picture (first three channels), for contact sheets."""
+        """The reference's condition as an RGB picture (first three channels), for contact sheets:
+        the one the last call computed for it when there is one (no second computation)."""
         if self.condition is None:
             return None
         from factory.viz import condition_to_rgb
 
-        return condition_to_rgb(self.condition([sample])[0])
+        cond = self._last_conditions.get(sample.key)
+        return condition_to_rgb((cond if cond is not None else self.condition([sample]))[0])
 
     def signature(self) -> dict[str, Any]:
         """What produced an image, for the sample metadata: model refs + content hashes, sampler."""
@@ -496,6 +499,7 @@ class Synthesizer:
                     raise
                 except (ValueError, OSError, RuntimeError) as e:
                     problems[key] = e
+        self._last_conditions = per_ref
         rows = []
         for i in order:
             key = items[i].ref.key

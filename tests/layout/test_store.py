@@ -149,3 +149,25 @@ def test_a_controlnet_refuses_another_base_model(layout_controlnet, tmp_path):
         resolve_recipe(
             SynthConfig(controlnet=str(layout_controlnet), base_model=str(tmp_path / "other-base"))
         )
+
+
+def test_generation_reads_stored_layouts_and_says_how_many_it_computed(
+    city_root, base, store_dir, layout_controlnet, tmp_path
+):
+    from factory.jobs.generate import GenerateConfig, run
+
+    partial = _extract(city_root, tmp_path / "partial", base, f"layout.pca={store_dir / 'pca'}", "dataset.limit=2")
+    cond = {"kind": "layout", "layout": {"model": str(base), "pca": str(store_dir / "pca"),
+                                         "store": str(partial), "device": "cpu"}}  # fmt: skip
+    cfg = load_config(
+        GenerateConfig,
+        None,
+        [f"out={tmp_path / 'gen'}", f"dataset.root={city_root / 'cityscapes'}", "dataset.limit=3",
+         "variants.prompts=configs/prompts/procedural.yaml", "variants.sets=[fog]",
+         f"synth.controlnet={layout_controlnet}", f"synth.condition={json.dumps(cond)}", "synth.steps=1",
+         "synth.device=cpu", "synth.scheduler=ddim", "quality.min_std=0", "executor=in_process",
+         "progress=false", "samples_per_shard=3", "batch_size=3"],
+    )  # fmt: skip
+    summary = run(cfg)
+    assert summary.counts == {"ok": 3}
+    assert summary.layouts == {"read": 2, "computed": 1}

@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "shards_total": summary.shards_total,
                 "shards_skipped": summary.shards_skipped,
                 "counts": summary.counts,
+                **({"layouts": summary.layouts} if summary.layouts else {}),
                 "actors_died": summary.actors_died,
                 "accepted_total": summary.card["samples"]["accepted"],
                 "seconds": round(summary.seconds, 2),

@@ -16,6 +16,7 @@ the per-sample metadata holds no timings (they go to the manifest, which is per 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 import uuid
@@ -36,6 +37,8 @@ from factory.jobs.plan import list_references, make_tasks, prepare_output
 from factory.jobs.stage import ShardTask
 from factory.shards import Manifest
 
+log = logging.getLogger("factory.jobs.generate")
+
 
 @dataclass
 class JobSummary:
@@ -45,6 +48,7 @@ class JobSummary:
     shards_skipped: int
     shards_done: list[str]
     counts: dict[str, int]
+    layouts: dict[str, int]  # layout condition: how many were read from the store, how many computed
     actors_died: int
     reassigned: list[str]
     seconds: float
@@ -98,6 +102,7 @@ def run(cfg: GenerateConfig) -> JobSummary:
     # 3. Run the stage.
     run_id = uuid.uuid4().hex[:12]
     counts: Counter[str] = Counter()
+    layouts: Counter[str] = Counter()
     previews: dict[str, np.ndarray] = {}
     preview_refs = [r.key for r in refs[: cfg.contact_sheet_refs]]
     stats = None
@@ -105,6 +110,7 @@ def run(cfg: GenerateConfig) -> JobSummary:
 
         def on_result(task: ShardTask, result: ShardResult) -> None:
             counts.update(result.counts)
+            layouts.update(result.layouts)
             previews.update(result.previews)
 
         stage = GenerateStage(cfg, run_id, preview_refs)
@@ -112,6 +118,8 @@ def run(cfg: GenerateConfig) -> JobSummary:
             stage, plan.todo, executor=cfg.executor, ray_cfg=cfg.ray, on_result=on_result, desc="generate"
         )
         accounting = {"kind": stats.plan.kind, "executor": cfg.executor, **stats.plan.options}
+        if layouts:
+            log.info("layouts: %d read from the store, %d computed", layouts["read"], layouts["computed"])
     else:
         accounting = previous_accounting(out) or {"kind": "none"}
 
@@ -125,6 +133,7 @@ def run(cfg: GenerateConfig) -> JobSummary:
         shards_skipped=plan.skipped,
         shards_done=[t.name for t in plan.todo],
         counts=dict(counts),
+        layouts=dict(layouts),
         actors_died=stats.workers_died if stats else 0,
         reassigned=stats.reassigned if stats else [],
         seconds=time.perf_counter() - t0,

@@ -58,6 +58,7 @@ class ShardResult:
     busy_s: float
     batch_size: int
     previews: dict[str, np.ndarray] = field(default_factory=dict)
+    layouts: dict[str, int] = field(default_factory=dict)  # layout condition: read from the store / computed
 
     @property
     def items(self) -> int:
@@ -181,6 +182,7 @@ class GenerateStage:
         counts: Counter[str] = Counter()
         busy = 0.0
         previews: dict[str, np.ndarray] = {}
+        layouts_before = self._layout_counts()
         for batch in self.loaded_batches(task.items):
             # 1. The loaded references; unreadable ones are failed samples, the rest go on.
             todo: list[tuple[WorkItem, Sample, dict[str, Path]]] = []
@@ -219,7 +221,15 @@ class GenerateStage:
             if r.status == "ok":
                 r.checksums = written[r.key].checksums
         self.manifest.write_part(shard, rows)
-        return ShardResult(shard, dict(counts), busy, self.batch_size, previews)
+        layouts = {k: v - layouts_before.get(k, 0) for k, v in self._layout_counts().items()}
+        return ShardResult(shard, dict(counts), busy, self.batch_size, previews, layouts)
+
+    def _layout_counts(self) -> dict[str, int]:
+        """How many layouts the condition has read from its store and computed (layouts only)."""
+        condition = getattr(self.synth, "condition", None)
+        if not hasattr(condition, "computed"):
+            return {}
+        return {"read": int(condition.read), "computed": int(condition.computed)}
 
     def _maybe_preview(self, sample: Sample, previews: dict[str, np.ndarray]) -> None:
         preview = getattr(self.synth, "preview", None)
