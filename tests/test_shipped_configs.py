@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def _cls(path: Path):
     """The config class of a shipped YAML, from its folder (and, for training, its name)."""
     if path.parent.name == "train":
-        return BaseTrainConfig if path.stem.endswith("_base") else ControlNetTrainConfig
+        return BaseTrainConfig if path.stem.endswith(("_base", "_foundation")) else ControlNetTrainConfig
     return {"extract": ExtractConfig, "generate": GenerateConfig}[path.parent.name]
 
 

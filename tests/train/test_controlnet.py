@@ -237,8 +237,8 @@ def test_loss_target_follows_the_base_prediction_type(prediction_type):
 
     sched = DDPMScheduler(**{**SD_SCHEDULE, "prediction_type": prediction_type})
     zeros = torch.zeros(4, 4, 8, 16)  # z0 = 0, so z_t is the scaled noise alone
-    data = _Data(zeros, zeros, torch.zeros(4, 1, 32, 64), torch.zeros(4, dtype=torch.long),
-                 torch.zeros(1, 3, 8), torch.zeros(3, 8), None)  # fmt: skip
+    data = _Data(zeros, zeros, torch.zeros(4, 1, 32, 64), (32, 64), False, torch.zeros(4, dtype=torch.long),
+                 torch.zeros(1, 3, 8), torch.zeros(3, 8), [], None)  # fmt: skip
     seen = {}
 
     def unet(zt, t, **kw):
