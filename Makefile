@@ -46,12 +46,13 @@ test:  ## run the whole test suite (slow end-to-end tests included)
 test-fast:  ## the fast tests only
 	$(PY) -m pytest -q -m "not slow" tests
 
-lint:  ## ruff lint + format check
+lint:  ## ruff lint + format check + mypy (settings in pyproject.toml)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy factory downstream demo
 
-typecheck:  ## mypy on factory and downstream (not part of lint yet)
-	$(PY) -m mypy factory downstream
+typecheck:  ## mypy on factory, downstream and demo (also run by lint)
+	$(PY) -m mypy factory downstream demo
 
 format:  ## ruff format + autofix
 	$(PY) -m ruff format .

@@ -32,7 +32,9 @@ def peak_rss_mb(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, 
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+        )
     return usage.ru_maxrss / 1024, time.perf_counter() - t0
 
 
@@ -72,7 +74,9 @@ def main() -> int:
         if args.tree is None:
             train.append(f"condition.layout.store={layouts}")
         rss, seconds = peak_rss_mb(train, tree, {**env, "PYTHONPATH": str(tree)})
-        results.append({"refs": n, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1), "tree": str(tree)})
+        results.append(
+            {"refs": n, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1), "tree": str(tree)}
+        )
         print(json.dumps(results[-1]), flush=True)
     return 0
 

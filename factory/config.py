@@ -16,11 +16,14 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -55,11 +58,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of the allowed values {list(allowed)}")
         return value
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+        # a type hint that is a dataclass is the class itself, never an instance
+        cls = cast("type[DataclassInstance]", tp)
+        if isinstance(value, cls):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-        return _build(tp, value, where)
+            raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {value!r}")
+        return _build(cls, value, where)
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

@@ -51,6 +51,7 @@ class ModelConfig:
 
 def _head(c_in: int, c_out: int, hidden: int, bias: float = 0.0) -> nn.Sequential:
     out = nn.Conv2d(hidden, c_out, 1)
+    assert out.bias is not None  # Conv2d's bias=True default
     nn.init.constant_(out.bias, bias)
     return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(inplace=True), out)
 

@@ -42,7 +42,7 @@ def write_reference_shards(
         raise ValueError(f"downscale must be >= 1, got {downscale}")
     out = Path(out)
     paths: list[Path] = []
-    writer = None
+    writer: ShardWriter | None = None
     for i, img_path in enumerate(tqdm(images, desc="reference shards", unit="img")):
         if i % per_shard == 0:
             if writer is not None:
@@ -52,6 +52,8 @@ def write_reference_shards(
         stem = check_key(img_path.name[: -len("_leftImg8bit.png")])
         gt = root / "gtFine" / split / img_path.parent.name
         bgr = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise DataError(img_path, "image does not decode", "restore the file")
         h, w = bgr.shape[:2]
         if downscale > 1:
             bgr = cv2.resize(bgr, (w // downscale, h // downscale), interpolation=cv2.INTER_AREA)
@@ -67,6 +69,7 @@ def write_reference_shards(
             "image_size": list(bgr.shape[:2]),
             "label_size": [h, w],
         }
+        assert writer is not None  # opened at i == 0
         writer.add(stem, bgr[:, :, ::-1].copy(), labels, meta)
     if writer is not None:
         writer.close()

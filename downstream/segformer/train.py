@@ -160,7 +160,8 @@ def mmengine_checkpoint_globals() -> list[Any]:
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    # numpy 2 stubs have no np.core (numpy < 2 has no np._core)
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # type: ignore[attr-defined]
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
     return [
         HistoryBuffer,

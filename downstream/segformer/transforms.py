@@ -54,11 +54,12 @@ class LoadLumenImage(BaseTransform):
         if "shard_files" in results:
             img = decode_image(read_member(_member(results, results["image_suffix"])), results["img_path"])
         else:
-            img = cv2.imread(results["img_path"], cv2.IMREAD_COLOR)
-            if img is None:
+            read = cv2.imread(results["img_path"], cv2.IMREAD_COLOR)
+            if read is None:
                 raise DataError(
                     results["img_path"], "image does not exist or does not decode", "restore the file"
                 )
+            img = read
         if self.resize_to_labels:
             size = _label_size(results)
             if size is not None and size != img.shape[:2]:

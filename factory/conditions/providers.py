@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import cv2
 import numpy as np
@@ -330,7 +330,8 @@ PROVIDERS: dict[str, type[ConditionProvider]] = {
 
 def build_condition(cfg: ConditionConfig, components: SDComponents | None = None) -> ConditionProvider:
     """The configured provider. ``components`` lets the layout reuse an already-loaded model."""
-    res = tuple(cfg.resolution) if cfg.resolution else None
+    # tuple(): a list set on the config directly is accepted; it holds the (H, W) pair
+    res = cast("tuple[int, int]", tuple(cfg.resolution)) if cfg.resolution else None
     if cfg.kind == "layout":
         layout = NeuralLayout.from_config(cfg.layout, components)
         if res is not None:
@@ -342,7 +343,9 @@ def build_condition(cfg: ConditionConfig, components: SDComponents | None = None
     if cfg.kind == "semseg":
         return SemsegCondition(res)
     if cfg.kind == "depth":
+        assert cfg.depth_model is not None  # ConditionConfig.__post_init__ requires it for "depth"
         return DepthCondition(cfg.depth_model, device=cfg.device, resolution=res)
     if cfg.kind == "hed":
+        assert cfg.hed_weights is not None  # ConditionConfig.__post_init__ requires it for "hed"
         return HedCondition(cfg.hed_weights, device=cfg.device, resolution=res)
     raise ConditionError(f"unknown condition kind {cfg.kind!r}")

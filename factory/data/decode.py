@@ -184,10 +184,12 @@ def check_boxes3d(path: Path, data: dict[str, Any]) -> None:
 def check_camera(path: Path, data: dict[str, Any]) -> None:
     """camera.json: extrinsic.baseline and intrinsic fx, fy, u0, v0 (numbers, baseline and fx > 0)."""
     ext, intr = data.get("extrinsic"), data.get("intrinsic")
-    ok = isinstance(ext, dict) and isinstance(intr, dict)
-    ok = ok and all(isinstance(intr.get(k), int | float) for k in ("fx", "fy", "u0", "v0"))
-    ok = ok and isinstance(ext.get("baseline"), int | float)
-    if not ok:
+    if not (
+        isinstance(ext, dict)
+        and isinstance(intr, dict)
+        and all(isinstance(intr.get(k), int | float) for k in ("fx", "fy", "u0", "v0"))
+        and isinstance(ext.get("baseline"), int | float)
+    ):
         raise DataError(
             path,
             "malformed camera json: needs extrinsic.baseline and intrinsic.fx/fy/u0/v0 numbers",

@@ -758,6 +758,7 @@ def apply_weather(
     g = ground.astype(np.float32)[..., None]
     scale = w / 256.0  # effects are sized relative to the image
 
+    out: np.ndarray
     if condition == "fog":
         visibility = float(rng.uniform(40.0, 110.0))  # metres (beta = 3.912 / visibility)
         t = np.exp(-3.912 / visibility * z)
@@ -792,7 +793,7 @@ def apply_weather(
         refl = cv2.GaussianBlur(np.ascontiguousarray(out[::-1]), (0, 0), sigmaX=1.0 + 2.0 * scale)
         out = out * (1 - g) + g * (0.55 * out + 0.35 * refl)
         # Streaks: short slanted lines, motion-blurred.
-        layer = np.zeros((h, w), np.float32)
+        layer: np.ndarray = np.zeros((h, w), np.float32)
         n = int(rng.integers(150, 300) * (h * w) / (256 * 512)) + 20
         ang = float(rng.uniform(-0.35, 0.35))
         for _ in range(n):

@@ -141,7 +141,8 @@ def _refs_from(folder: Path, shard: Path, split: str) -> list[SampleRef]:
             sample_meta: dict[str, Any] = json.loads(meta_path.read_text())
         except json.JSONDecodeError as e:
             raise DataError(f"{shard}:{key}.json", f"metadata is not JSON ({e})", _FIX) from None
-        source = sample_meta.get("source") if isinstance(sample_meta.get("source"), dict) else {}
+        recorded = sample_meta.get("source")
+        source: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         meta: dict[str, Any] = {
             "dataset": "shards",
             "split": split,
@@ -187,14 +188,14 @@ def list_shards(
             continue
         for ref in found:
             if ref.key in refs:
-                e = DataError(
+                dup = DataError(
                     shard,
                     f"sample {ref.key!r} is also in {refs[ref.key].meta['shard']}",
                     "list each sample in one shard only (two jobs' shards in one folder?)",
                 )
                 if on_error == "raise":
-                    raise e
-                bad.append(BadSample(shard, str(e)))
+                    raise dup
+                bad.append(BadSample(shard, str(dup)))
                 continue
             refs[ref.key] = ref
     return ReadResult([refs[k] for k in sorted(refs)], bad)

@@ -267,7 +267,8 @@ def run_actor_pool(
 
     plan = plan_workers(stage, cfg, len(tasks))
     log.info("starting %d %s actor(s) with %s", plan.count, plan.kind, plan.options)
-    remote_cls = ray.remote(**plan.options, max_restarts=0)(_worker_class(stage))
+    # ray.remote's overloads do not type a class decorated with options: an actor class handle
+    remote_cls: Any = ray.remote(**plan.options, max_restarts=0)(_worker_class(stage))
     stats = RunStats(plan)
 
     def start() -> Any:
@@ -354,7 +355,7 @@ def run_ray_data(
     by_name = {t.name: t for t in tasks}
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar counts images, not rows
-    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks))
+    ds: ray.data.Dataset = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks))
     ds = ds.map_batches(
         type(type(stage).__name__, (_RayDataWorker,), {"__module__": __name__}),
         fn_constructor_args=(stage,),

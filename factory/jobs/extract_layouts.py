@@ -49,6 +49,7 @@ from factory.jobs.executors import ExecutorKind, RayConfig, run_stage, shutdown_
 from factory.jobs.loading import load_ahead
 from factory.jobs.plan import list_references, make_tasks, prepare_output
 from factory.jobs.stage import Resources, ShardTask
+from factory.layout.backbones import Backbone
 from factory.layout.neural import LayoutConfig
 from factory.shards import Manifest, ManifestRow, ShardWriter
 
@@ -118,6 +119,7 @@ class _BackboneStage:
     """What both extraction stages share: the config, declared resources, the backbone."""
 
     name = "layout"
+    backbone: Backbone | None  # built by setup() in the worker, dropped by teardown()
 
     def __init__(self, cfg: ExtractConfig, run_id: str):
         self.cfg = cfg
@@ -157,6 +159,7 @@ class PCASampleStage(_BackboneStage):
                 else:
                     samples.append(sample)
             if samples:
+                assert self.backbone is not None, "setup() builds the backbone"
                 got = batch_vectors(self.backbone, samples, task.payload, lc.sample_seed, lc.resolution)
                 vectors.update({k: v.numpy() for k, v in got.items()})
         return {"vectors": vectors, "bad": bad, "n": len(task)}
@@ -177,6 +180,7 @@ class LayoutStage(_BackboneStage):
         from factory.layout.pca import PCAArtifact
 
         super().setup()
+        assert self.backbone is not None
         self.layout = NeuralLayout(self.backbone, PCAArtifact.load(self.pca_path), self.cfg.layout.resolution)
 
     def process_shard(self, task: ShardTask) -> dict[str, int]:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
 from factory.models import SDComponents, compile_for_inference, content_hash, encode_prompts, resolve_device
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 
 class LayoutError(ValueError):
@@ -63,7 +66,7 @@ class _StopForward(Exception):
     """Raised from the last feature hook: the rest of the U-Net is not needed."""
 
 
-def decoder_layer_modules(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+def decoder_layer_modules(unet: UNet2DConditionModel) -> list[tuple[str, torch.nn.Module]]:
     """Entry ``p`` = (path, module) whose forward output is the hidden state entering decoder layer p.
 
     Decoder layers are counted like LDM's ``output_blocks``: every resnet (+ its attention) of
@@ -73,6 +76,7 @@ def decoder_layer_modules(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Mod
     Hooking these outputs gives the state before the skip-connection concatenation.
     """
     entries: list[tuple[str, torch.nn.Module]] = [("mid_block", unet.mid_block)]
+    block: Any  # an up block (its class depends on the config): .resnets, .upsamplers, .attentions
     for b, block in enumerate(unet.up_blocks):
         attentions = getattr(block, "attentions", None)
         n = len(block.resnets)
@@ -87,32 +91,33 @@ def decoder_layer_modules(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Mod
     return entries[:-1]
 
 
-def decoder_layer_channels(unet: torch.nn.Module) -> list[int]:
+def decoder_layer_channels(unet: UNet2DConditionModel) -> list[int]:
     """Channels of the hidden state entering each decoder layer, from the U-Net config."""
-    boc = list(unet.config.block_out_channels)
+    boc = list(unet.config["block_out_channels"])
     rev = boc[::-1]
     channels = [boc[-1]]
+    block: Any  # an up block: .resnets
     for b, block in enumerate(unet.up_blocks):
         channels.extend([rev[b]] * len(block.resnets))
     return channels[:-1]
 
 
-def supports_truncated_forward(unet: torch.nn.Module) -> bool:
+def supports_truncated_forward(unet: UNet2DConditionModel) -> bool:
     """Whether ``unet_decoder_states`` reproduces this U-Net's forward: SD-style text-to-image
     U-Nets (no class/added embeddings, no encoder projection, no FreeU). Others use hooks."""
     cfg = unet.config
     freeu = any(getattr(b, "s1", None) for b in unet.up_blocks)
     return (
-        cfg.class_embed_type is None
-        and cfg.addition_embed_type is None
-        and not cfg.center_input_sample
+        cfg["class_embed_type"] is None
+        and cfg["addition_embed_type"] is None
+        and not cfg["center_input_sample"]
         and unet.encoder_hid_proj is None
         and not freeu
     )
 
 
 def unet_decoder_states(
-    unet: torch.nn.Module,
+    unet: UNet2DConditionModel,
     sample: torch.Tensor,
     timestep: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
@@ -132,6 +137,7 @@ def unet_decoder_states(
     ehs = encoder_hidden_states
     h = unet.conv_in(sample)
     skips = [h]
+    block: Any  # a down/up block (classes depend on the config): .resnets, .upsamplers, .attentions
     for block in unet.down_blocks:
         if getattr(block, "has_cross_attention", False):
             h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=ehs)
@@ -193,7 +199,7 @@ class SDUNetBackbone:
                 f"{len(modules)} decoder layers (positions 0..{len(modules) - 1}); "
                 "fix: choose layers within that range (SD 1.5 and 'tiny': 2, 5, 8)"
             )
-        n_steps = components.noise_scheduler.config.num_train_timesteps
+        n_steps = components.noise_scheduler.config["num_train_timesteps"]
         if not 0 <= timestep < n_steps:
             raise LayoutError(f"layout timestep {timestep} is outside the schedule's 0..{n_steps - 1}")
         self.components = components
@@ -210,7 +216,7 @@ class SDUNetBackbone:
         self._noise: dict[tuple[int, ...], torch.Tensor] = {}
         self._prompt_embedding: torch.Tensor | None = None
         # the image side must survive every down/upsampling of the VAE and the U-Net
-        self.multiple = components.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+        self.multiple = components.vae_scale_factor * 2 ** (len(unet.config["block_out_channels"]) - 1)
         # At 512x1024 the VAE encoder is ~70% of the eager time, most of it memory-bound
         # elementwise work at full resolution (group norm, SiLU, adds) that torch.compile fuses
         # (docs/benchmarks.md). Compiled *references*: the shared components (hashed, saved, used
@@ -219,8 +225,10 @@ class SDUNetBackbone:
         # the graph. channels_last changes the weights' memory layout only (values and state
         # dict are untouched): cuDNN's fast bf16 convolutions are NHWC.
         if channels_last:
-            components.vae.encoder.to(memory_format=torch.channels_last)
-            unet.to(memory_format=torch.channels_last)
+            # torch's Module.to overloads omit memory_format (accepted at run time)
+            components.vae.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            # diffusers' ModelMixin.to is a functools.wraps of Module.to, which typeshed types as unbound
+            unet.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         self.channels_last = bool(channels_last)
         self.compiled = bool(compile)
         self._vae_encoder = components.vae.encoder
@@ -283,13 +291,14 @@ class SDUNetBackbone:
         # AutoencoderKL.encode(x).latent_dist.mean, spelt out so the encoder can be compiled:
         # the posterior's moments are (mean, logvar) stacked on the channel axis.
         moments = self._vae_encoder(x)
-        if getattr(vae, "quant_conv", None) is not None:
-            moments = vae.quant_conv(moments)
+        quant_conv = getattr(vae, "quant_conv", None)
+        if quant_conv is not None:
+            moments = quant_conv(moments)
         z = moments.chunk(2, dim=1)[0]
         shift = getattr(vae.config, "shift_factor", None)
         if shift is not None:
             z = z - shift
-        return z * vae.config.scaling_factor
+        return z * vae.config["scaling_factor"]
 
     @torch.inference_mode()
     def noisy_latents(self, z0: torch.Tensor) -> torch.Tensor:
@@ -297,7 +306,8 @@ class SDUNetBackbone:
         eps = self.noise(tuple(z0.shape[1:])).to(device=z0.device, dtype=z0.dtype)
         eps = eps.unsqueeze(0).expand_as(z0)
         t = torch.full((z0.shape[0],), self.timestep, dtype=torch.long, device=z0.device)
-        return self.components.noise_scheduler.add_noise(z0, eps, t)
+        # diffusers annotates the timesteps as IntTensor; it means any integer tensor (t is int64)
+        return self.components.noise_scheduler.add_noise(z0, eps, t)  # type: ignore[arg-type]
 
     def _prompt(self, batch: int) -> torch.Tensor:
         if self._prompt_embedding is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import cv2
 import numpy as np
@@ -216,7 +216,8 @@ class NeuralLayout:
         pca.check_compatible(backbone.signature(), f"the {backbone.name} backbone")
         self.backbone = backbone
         self.pca = pca
-        self.resolution = tuple(resolution) if resolution else None
+        # tuple(): a list from a config is accepted; it holds the (H, W) pair
+        self.resolution = cast("tuple[int, int]", tuple(resolution)) if resolution else None
 
     @classmethod
     def from_config(cls, cfg: LayoutConfig, components: SDComponents | None = None) -> NeuralLayout:

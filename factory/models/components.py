@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
@@ -34,6 +34,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 TINY = "tiny"
 SD15_ARCH = "sd15-arch"
 BUILTIN_REFS = (TINY, SD15_ARCH)
+
+_ModuleT = TypeVar("_ModuleT", bound=torch.nn.Module)
 
 # Seed used to initialise the built-in references: same ref -> same weights -> same content hash.
 BUILTIN_SEED = 0
@@ -117,7 +119,7 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def _move(module: _ModuleT, device: torch.device, dtype: torch.dtype) -> _ModuleT:
     """``module.to(device, dtype)``, casting only when needed (diffusers warns on every cast)."""
     module.to(device)
     if next(module.parameters()).dtype != dtype:
@@ -126,7 +128,7 @@ def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
 
 
 def vae_scale_factor(vae: AutoencoderKL) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    return 2 ** (len(vae.config["block_out_channels"]) - 1)
 
 
 # --------------------------------------------------------------------------- content hash
@@ -146,10 +148,10 @@ def content_hash(module: torch.nn.Module | dict[str, torch.Tensor], length: int 
     return h.hexdigest()[:length]
 
 
-def _components_hash(vae: torch.nn.Module, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> str:
+def _components_hash(vae: AutoencoderKL, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> str:
     parts = [content_hash(vae, 64), content_hash(unet, 64), content_hash(text_encoder, 64)]
     # the latent scaling is config, not weights, but it changes every latent (and so the layouts)
-    parts.append(f"scale={vae.config.scaling_factor};shift={getattr(vae.config, 'shift_factor', None)}")
+    parts.append(f"scale={vae.config['scaling_factor']};shift={getattr(vae.config, 'shift_factor', None)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -241,7 +243,8 @@ def build_tokenizer(model_max_length: int = 32) -> CLIPTokenizer:
             vocab.setdefault(left, len(vocab))
     vocab.setdefault("<|startoftext|>", len(vocab))
     vocab.setdefault("<|endoftext|>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    # transformers 5 annotates merges as "a b" strings; the BPE backend takes pairs as well
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)  # type: ignore[arg-type]
 
 
 def _text_config(tokenizer: CLIPTokenizer, **kw: Any) -> CLIPTextConfig:
@@ -438,7 +441,7 @@ def load_components(
     digest = _components_hash(vae, unet, text_encoder)
     for m in (vae, unet, text_encoder):
         _move(m, device, dtype).eval()
-    size = unet.config.sample_size
+    size = unet.config["sample_size"]
     latent_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     factor = vae_scale_factor(vae)
     return SDComponents(
@@ -463,9 +466,11 @@ def save_components(components: SDComponents, folder: str | Path) -> Path:
         text_encoder=components.text_encoder,
         tokenizer=components.tokenizer,
         unet=components.unet,
-        scheduler=components.noise_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        # diffusers' annotations are narrower than what it accepts: any scheduler instance (the
+        # KarrasDiffusionSchedulers enum names them), and no safety checker or feature extractor
+        scheduler=components.noise_scheduler,  # type: ignore[arg-type]
+        safety_checker=None,  # type: ignore[arg-type]
+        feature_extractor=None,  # type: ignore[arg-type]
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)

@@ -89,7 +89,7 @@ def label_consistency(
         from factory.data.labels import id_to_trainid
 
         gt = id_to_trainid(labels)
-    pred = np.asarray(segmenter.predict(image)).astype(np.uint8)
+    pred: np.ndarray = np.asarray(segmenter.predict(image)).astype(np.uint8)
     if pred.shape != gt.shape:
         pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
     return miou(pred, gt.astype(np.uint8))

@@ -112,8 +112,11 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Photometric jitter so that the instrument tolerates generated images (blur, colour shift)."""
+def _augment(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Photometric jitter so that the instrument tolerates generated images (blur, colour shift).
+
+    Returns the jittered batch and the mask of the samples it flipped horizontally.
+    """
     b = x.shape[0]
     gain = 1.0 + 0.4 * (torch.rand(b, 1, 1, 1, generator=g) - 0.5)
     bias = 0.3 * (torch.rand(b, 1, 1, 1, generator=g) - 0.5)

@@ -269,8 +269,9 @@ class Synthesizer:
             else:
                 channels = getattr(self.condition, "channels", None) or self.cfg.condition_channels
                 self.controlnet = new_controlnet(c, channels)
-        self.controlnet.to(c.device, c.dtype).eval()
-        wanted = int(self.controlnet.config.conditioning_channels)
+        # diffusers' ModelMixin.to is a functools.wraps of Module.to, which typeshed types as unbound
+        self.controlnet.to(c.device, c.dtype).eval()  # type: ignore[arg-type]
+        wanted = int(self.controlnet.config["conditioning_channels"])
         if self.condition is not None and self.condition.channels != wanted:
             raise ValueError(
                 f"condition {self.condition.kind!r} has {self.condition.channels} channels but the ControlNet "
@@ -278,7 +279,7 @@ class Synthesizer:
             )
         if self.cfg.channels_last:
             for module in (c.unet, self.controlnet, c.vae):
-                module.to(memory_format=torch.channels_last)
+                module.to(memory_format=torch.channels_last)  # type: ignore[call-arg]  # as above
         self._unet = c.unet
         self._controlnet = self.controlnet
         self._vae_decoder = c.vae.decoder
@@ -321,15 +322,18 @@ class Synthesizer:
 
         self.setup()
         c = self.components
+        assert c is not None and self.controlnet is not None, "setup() loads the models"
         cfg = self.cfg
         return {
             "base_model": {"ref": c.ref, "content_hash": c.content_hash},
             "controlnet": {
                 "ref": cfg.controlnet or "untrained",
                 "content_hash": content_hash(self.controlnet),
-                "conditioning_channels": int(self.controlnet.config.conditioning_channels),
+                "conditioning_channels": int(self.controlnet.config["conditioning_channels"]),
             },
-            "condition": self.condition.signature() if hasattr(self.condition, "signature") else None,
+            "condition": self.condition.signature()
+            if self.condition is not None and hasattr(self.condition, "signature")
+            else None,
             "sampler": {
                 "scheduler": cfg.scheduler,
                 "steps": cfg.steps,
@@ -361,7 +365,8 @@ class Synthesizer:
 
     def prepare_condition(self, condition: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Keep the first ``layout_components`` channels (zero the rest), resize to ``size``."""
-        channels = int(self.controlnet.config.conditioning_channels)
+        assert self.controlnet is not None, "call setup() first"
+        channels = int(self.controlnet.config["conditioning_channels"])
         if condition.ndim != 4 or condition.shape[1] != channels:
             raise ValueError(
                 f"condition has shape {tuple(condition.shape)}; the ControlNet expects [B, {channels}, H, W] "
@@ -385,8 +390,9 @@ class Synthesizer:
             if self.cfg.height
             else tuple(int(s) for s in condition.shape[-2:])
         )
+        assert self.components is not None, "call setup() first"
         multiple = self.components.vae_scale_factor * 2 ** (
-            len(self.components.unet.config.block_out_channels) - 1
+            len(self.components.unet.config["block_out_channels"]) - 1
         )
         if size[0] % multiple or size[1] % multiple:
             raise ValueError(
@@ -397,26 +403,30 @@ class Synthesizer:
 
     def initial_latents(self, seeds: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
         """One generator per sample, on the CPU in float32: identical noise on any device/batch."""
+        assert self.components is not None, "call setup() first"
         f = self.components.vae_scale_factor
-        shape = (1, self.components.unet.config.in_channels, size[0] // f, size[1] // f)
+        shape = (1, self.components.unet.config["in_channels"], size[0] // f, size[1] // f)
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
         return torch.cat(noise).to(self.device)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """``vae.decode(latents / scaling_factor).sample``, spelt out so the decoder can be compiled."""
+        assert self.components is not None, "call setup() first"
         vae = self.components.vae
-        z = latents.to(self.dtype) / vae.config.scaling_factor
+        z = latents.to(self.dtype) / vae.config["scaling_factor"]
         if self.cfg.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        if getattr(vae, "post_quant_conv", None) is not None:
-            z = vae.post_quant_conv(z)
+        post_quant_conv = getattr(vae, "post_quant_conv", None)
+        if post_quant_conv is not None:
+            z = post_quant_conv(z)
         return self._vae_decoder(z)
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         from factory.models import encode_prompts
 
+        assert self.components is not None, "call setup() first"
         return encode_prompts(self.components, prompts).to(self.dtype)
 
     # ------------------------------------------------------------------ main entry

@@ -76,7 +76,11 @@ class PromptEdit:
         text = caption.strip()
         for old, new in self.replace:
             pattern = r"(?<!\w)" + re.escape(old) + r"(?!\w)"
-            text, n = re.subn(pattern, lambda _m, new=new: new, text)
+
+            def literal(_m: re.Match[str], new: str = new) -> str:
+                return new
+
+            text, n = re.subn(pattern, literal, text)
             if n == 0:
                 raise ValueError(
                     f"prompt edit: word {old!r} to replace does not occur in caption {caption!r} "

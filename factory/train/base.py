@@ -314,7 +314,7 @@ def train_unet(
     unet.train()
     te.train(cfg.train_text_encoder)
     te.requires_grad_(cfg.train_text_encoder)
-    groups = [{"params": list(unet.parameters()), "lr": cfg.lr}]
+    groups: list[dict[str, Any]] = [{"params": list(unet.parameters()), "lr": cfg.lr}]
     if cfg.train_text_encoder:
         groups.append({"params": list(te.parameters()), "lr": cfg.text_lr})
     opt = torch.optim.AdamW(groups, weight_decay=1e-2)

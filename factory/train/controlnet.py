@@ -343,7 +343,8 @@ def prepare_data(cfg: ControlNetTrainConfig, refs, components, provider, channel
     ).float()
     empty = encode_prompts(components, [""]).float()
     vae = components.vae
-    means, stds, conds, keep = [], [], [], []
+    means, stds, conds = [], [], []
+    keep: list[Sample] = []
     for i in tqdm(range(0, len(refs), 16), desc="cache latents + conditions", leave=False):
         chunk = load_training_samples(refs[i : i + 16], labels=needs_labels, size=cfg.resolution)
         if stored:

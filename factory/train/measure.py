@@ -20,12 +20,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
 from factory.atomic import atomic_write_text
 from factory.config import from_dict
+from factory.data.sample import DataError, Sample
 from factory.quality.segmenter import (
     Segmenter,
     SegmenterConfig,
@@ -33,6 +35,12 @@ from factory.quality.segmenter import (
     labelids_to_trainids,
     miou_from_confusion,
 )
+
+
+def _labelids(sample: Sample) -> np.ndarray:
+    if sample.semantic is None:
+        raise DataError(sample.paths["image"], "has no gtFine labelIds", "measure on a split with labels")
+    return sample.semantic
 
 
 def measure(
@@ -72,7 +80,7 @@ def measure(
 
     refs = list_cityscapes(data_root, "val").refs[:n]
     samples = [load_sample(r) for r in refs]
-    gts = np.stack([labelids_to_trainids(s.semantic) for s in samples])
+    gts = np.stack([labelids_to_trainids(_labelids(s)) for s in samples])
     reals = np.stack([s.image for s in samples])
     cond = provider(samples).float()
     seeds = [seed + i for i in range(len(samples))]
@@ -86,7 +94,8 @@ def measure(
     results = {}
     for name, imgs in (("real_reference", reals), *gen.items()):
         pred = seg.predict(imgs)
-        cm = sum(confusion(p, g) for p, g in zip(pred, gts))
+        # a sum over the (non-empty) batch of confusion matrices is a matrix, never the start 0
+        cm = cast(np.ndarray, sum(confusion(p, g) for p, g in zip(pred, gts)))
         results[name] = {
             "miou": round(miou_from_confusion(cm), 4),
             "pixel_acc": round(float(np.diag(cm).sum() / cm.sum()), 4),

@@ -12,7 +12,7 @@ import numpy as np
 
 from factory.atomic import atomic_write_bytes, atomic_write_text
 from factory.config import to_dict
-from factory.data.sample import SampleRef
+from factory.data.sample import DataError, SampleRef
 from factory.jobs.generate.config import GenerateConfig
 from factory.shards import Manifest
 from factory.synth.variants import Variant, synthetic_key
@@ -111,7 +111,12 @@ def write_contact_sheet(
     for s in read_shard_samples(paths):
         if s["__key__"] in wanted:
             ext = next(e for e in IMAGE_SUFFIXES if e in s)
-            found[s["__key__"]] = cv2.imdecode(np.frombuffer(s[ext], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+            bgr = cv2.imdecode(np.frombuffer(s[ext], np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise DataError(
+                    f"{s['__url__']}:{s['__key__']}.{ext}", "image does not decode", "regenerate the shard"
+                )
+            found[s["__key__"]] = bgr[:, :, ::-1]
     rows = []
     for ref in refs:
         ref_img = cv2.imread(str(ref.paths["image"]), cv2.IMREAD_COLOR)
