@@ -226,10 +226,12 @@ class GenerateStage:
 
     def _layout_counts(self) -> dict[str, int]:
         """How many layouts the condition has read from its store and computed (layouts only)."""
+        from factory.conditions import LayoutCondition
+
         condition = getattr(self.synth, "condition", None)
-        if not hasattr(condition, "computed"):
+        if not isinstance(condition, LayoutCondition):
             return {}
-        return {"read": int(condition.read), "computed": int(condition.computed)}
+        return {"read": condition.read, "computed": condition.computed}
 
     def _maybe_preview(self, sample: Sample, previews: dict[str, np.ndarray]) -> None:
         preview = getattr(self.synth, "preview", None)
