@@ -88,7 +88,7 @@ def render_report(out: Path, r: dict[str, Any], stages: Sequence[str], condition
         a, b = real["Avg"]["mean"], lumen["Avg"]["mean"]
         verdict = "holds" if b > a else "does not hold"
         lines.append(
-            f"Claim: real + LUMEN above real-only on the adverse-condition average - **{verdict}** "
+            f"Claim: real + LUMEN above real-only on the adverse-weather average - **{verdict}** "
             f"at this scale ({b:.1f} vs {a:.1f}; seeds: {real['Avg']['n']})."
         )
     lines += [

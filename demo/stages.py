@@ -5,7 +5,7 @@ layouts (Ray job: PCA fit + layout shards) -> LUMEN ControlNet (label-free), and
 GT-semseg ControlNets with the same budget -> alignment mIoU of each (the paper's conditioning
 comparison)
 -> Ray generation of fog/night/rain/snow variants as label-reusing shards -> SegFormer trained on
-real vs real + LUMEN, evaluated on clear val and the four ACDC conditions (the DG table) ->
+real vs real + LUMEN, evaluated on clear val and the four ACDC weathers (the DG table) ->
 a multi-task network (semantics, depth, 3D boxes) trained on real / LUMEN / real + LUMEN with
 the shards' reused disparity and gtBbox3d -> a markdown report with the pictures and tables.
 
@@ -67,7 +67,7 @@ class DemoConfig:
     # procedural city
     n_train: int = 96
     n_val: int = 24
-    n_acdc: int = 16  # per condition and split
+    n_acdc: int = 16  # per weather and split
     # alignment judge (factory.quality.segmenter)
     judge_steps: int = 300
     # base model (configs/train/procedural_base.yaml)

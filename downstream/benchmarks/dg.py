@@ -1,9 +1,9 @@
 """Domain-generalisation benchmark (the paper's Table 4): train on Cityscapes (+ shards), test on ACDC.
 
-Each training *mix* - real only; real + LUMEN variant shards; real + other-condition shards
+Each training *mix* - real only; real + LUMEN variant shards; real + other-weather shards
 when given - is trained with several seeds on the same schedule, then evaluated on Cityscapes
-val and on ACDC val per condition. Printed as ``CS Rain Fog Snow Night Avg`` (mean +- sample
-standard deviation over seeds; Avg = mean of the four ACDC conditions), written as JSON and
+val and on ACDC val per weather. Printed as ``CS Rain Fog Snow Night Avg`` (mean +- sample
+standard deviation over seeds; Avg = mean of the four ACDC weathers), written as JSON and
 as a bar plot.
 
 Guard: ACDC is the test domain. No ACDC image may reach training (checked by sample key and
@@ -31,7 +31,7 @@ PCA_KEY_FIELDS = ("fit_keys", "keys", "sample_keys", "train_keys")
 
 
 def acdc_keys(acdc_root: str | Path) -> set[str]:
-    """Every ACDC image key under ``acdc_root`` (all conditions, splits, and ``_ref`` images)."""
+    """Every ACDC image key under ``acdc_root`` (all weathers, splits, and ``_ref`` images)."""
     root = Path(acdc_root) / "rgb_anon"
     keys = {p.name[: -len("_rgb_anon.png")] for p in root.glob("*/*/*/*_rgb_anon.png")}
     keys |= {p.name[: -len("_rgb_ref_anon.png")] for p in root.glob("*/*/*/*_rgb_ref_anon.png")}
@@ -125,7 +125,7 @@ def run_one(
     work_dir: Path,
     forbidden: set[str],
 ) -> dict[str, float]:
-    """Train one (mix, seed) and evaluate it on CS val and each ACDC condition."""
+    """Train one (mix, seed) and evaluate it on CS val and each ACDC weather."""
     from mmseg.registry import DATASETS
 
     from downstream.segformer.evaluate import predict_and_score

@@ -8,7 +8,7 @@ data-info dicts with the same fields, so one loading pipeline (``LoadLumenImage`
 - ``img_path`` / ``seg_map_path``: files (for shards: ``<shard>#<key>``, informational);
 - ``shard_files``: for shards, ``{suffix: (shard, offset, size)}``;
 - ``label_encoding``: ``"labelIds"`` (converted to trainIds on the fly) or ``"trainIds"``;
-- ``key``, ``dataset``, ``condition``, ``source`` (``real``/``synth``: what the consumption log counts).
+- ``key``, ``dataset``, ``weather``, ``source`` (``real``/``synth``: what the consumption log counts).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from factory.data.acdc import CONDITIONS as ACDC_CONDITIONS
+from factory.data.acdc import WEATHERS as ACDC_WEATHERS
 from factory.data.acdc import list_acdc
 from factory.data.cityscapes import list_cityscapes
 from factory.data.members import member_name
@@ -71,7 +71,7 @@ class CityscapesLabelIdsDataset(_LumenSegDataset):
                     label_encoding="labelIds",
                     key=ref.key,
                     dataset="cityscapes",
-                    condition="clear",
+                    weather="clear",
                     source=self.source,
                     seg_fields=[],
                     reduce_zero_label=False,
@@ -83,25 +83,25 @@ class CityscapesLabelIdsDataset(_LumenSegDataset):
 
 @DATASETS.register_module()
 class ACDCDataset(_LumenSegDataset):
-    """ACDC folders for one adverse condition: ``rgb_anon/<cond>/<split>/<seq>/*_rgb_anon.png``
-    with ``gt/<cond>/<split>/<seq>/*_gt_labelTrainIds.png`` (trainIds, used as they are)."""
+    """ACDC folders for one adverse weather: ``rgb_anon/<weather>/<split>/<seq>/*_rgb_anon.png``
+    with ``gt/<weather>/<split>/<seq>/*_gt_labelTrainIds.png`` (trainIds, used as they are)."""
 
-    def __init__(self, data_root: str, condition: str, split: str = "val", **kwargs: Any):
-        if condition not in ACDC_CONDITIONS:
-            raise ValueError(f"ACDCDataset.condition: {condition!r} is not one of {list(ACDC_CONDITIONS)}")
-        self.condition = condition
+    def __init__(self, data_root: str, weather: str, split: str = "val", **kwargs: Any):
+        if weather not in ACDC_WEATHERS:
+            raise ValueError(f"ACDCDataset.weather: {weather!r} is not one of {list(ACDC_WEATHERS)}")
+        self.weather = weather
         self.split = split
         super().__init__(data_root=data_root, **kwargs)
 
     def load_data_list(self) -> list[dict]:
-        refs = list_acdc(self.data_root, self.split, conditions=(self.condition,)).refs
+        refs = list_acdc(self.data_root, self.split, weathers=(self.weather,)).refs
         out = []
         for ref in refs:
             if "labeltrainids" not in ref.paths:
                 raise DataError(
                     ref.paths["image"],
                     "no gt_labelTrainIds file for this image",
-                    f"restore gt/{self.condition}/",
+                    f"restore gt/{self.weather}/",
                 )
             out.append(
                 dict(
@@ -110,7 +110,7 @@ class ACDCDataset(_LumenSegDataset):
                     label_encoding="trainIds",
                     key=ref.key,
                     dataset="acdc",
-                    condition=self.condition,
+                    weather=self.weather,
                     source=self.source,
                     seg_fields=[],
                     reduce_zero_label=False,
@@ -148,7 +148,7 @@ class LumenShardDataset(_LumenSegDataset):
                         label_encoding="labelIds",
                         key=s.key,
                         dataset="shards",
-                        condition=str(meta.get("variant", "clear")),
+                        weather=str(meta.get("variant", "clear")),
                         source_key=str(meta.get("source_key", s.key)),
                         source=self.source,
                         seg_fields=[],

@@ -110,20 +110,20 @@ def official_cityscapes_miou(pred_dir: str | Path, gt_label_files: Iterable[str 
 
 
 def eval_dataset_cfgs(cfg: Any) -> dict[str, dict]:
-    """The benchmark's evaluation sets from a config: ``CS`` (its test set) and one per ACDC condition.
+    """The benchmark's evaluation sets from a config: ``CS`` (its test set) and one per ACDC weather.
 
-    Configs carry ``acdc_val = dict(data_root, conditions, split)``; each ACDC set reuses the
+    Configs carry ``acdc_val = dict(data_root, weathers, split)``; each ACDC set reuses the
     config's test pipeline, so every domain is evaluated the same way.
     """
     test = copy.deepcopy(cfg.test_dataloader.dataset)
     out = {"CS": test}
     acdc = cfg.get("acdc_val")
     if acdc:
-        for cond in acdc["conditions"]:
-            out[cond] = dict(
+        for weather in acdc["weathers"]:
+            out[weather] = dict(
                 type="ACDCDataset",
                 data_root=acdc["data_root"],
-                condition=cond,
+                weather=weather,
                 split=acdc.get("split", "val"),
                 pipeline=copy.deepcopy(test["pipeline"]),
                 test_mode=True,
@@ -134,7 +134,7 @@ def eval_dataset_cfgs(cfg: Any) -> dict[str, dict]:
 def evaluate_checkpoint(
     config: str | Path, checkpoint: str | Path, *, device: str = "auto"
 ) -> dict[str, float]:
-    """mIoU of a trained checkpoint on the config's CS test set and each ACDC condition."""
+    """mIoU of a trained checkpoint on the config's CS test set and each ACDC weather."""
     import torch
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     p = argparse.ArgumentParser(
         prog="python -m downstream.segformer.evaluate",
-        description="mIoU of a SegFormer checkpoint on Cityscapes val and each ACDC val condition.",
+        description="mIoU of a SegFormer checkpoint on Cityscapes val and each ACDC val weather.",
     )
     p.add_argument("config")
     p.add_argument("checkpoint")

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> Any:
         "--resume", action="store_true", help="continue from the latest checkpoint in the work dir"
     )
     p.add_argument(
-        "--no-acdc-eval", action="store_true", help="skip the final CS + ACDC per-condition evaluation"
+        "--no-acdc-eval", action="store_true", help="skip the final CS + ACDC per-weather evaluation"
     )
     p.add_argument(
         "--cfg-options", nargs="+", action=DictAction, default=None, help="key=value overrides of the config"
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> Any:
 
 
 def evaluate_domains(runner: Any, cfg: Any) -> dict[str, float] | None:
-    """After training: mIoU on the CS test set and each ACDC condition, printed and saved.
+    """After training: mIoU on the CS test set and each ACDC weather, printed and saved.
 
     Skipped (with a log line) when the config's ACDC root does not exist.
     """

@@ -1,14 +1,14 @@
-"""ACDC reader: list the adverse-condition images with their labels and clear reference images.
+"""ACDC reader: list the adverse-weather images with their labels and clear reference images.
 
 Layout (root is the folder holding ``rgb_anon/`` and ``gt/``)::
 
-    rgb_anon/<condition>/<split>/<sequence>/<stem>_rgb_anon.png
-    rgb_anon/<condition>/<split>_ref/<sequence>/<stem>_rgb_ref_anon.png   (clear reference)
-    gt/<condition>/<split>/<sequence>/<stem>_gt_labelTrainIds.png           (+ _gt_labelIds.png,
+    rgb_anon/<weather>/<split>/<sequence>/<stem>_rgb_anon.png
+    rgb_anon/<weather>/<split>_ref/<sequence>/<stem>_rgb_ref_anon.png     (clear reference)
+    gt/<weather>/<split>/<sequence>/<stem>_gt_labelTrainIds.png             (+ _gt_labelIds.png,
                                                    _gt_labelColor.png, _gt_invIds.png when present)
 
-conditions: fog, night, rain, snow. The test split has no ``gt/``: then refs carry no labels.
-When ``gt/<condition>/<split>`` exists, each image must have its labelTrainIds file.
+weathers: fog, night, rain, snow. The test split has no ``gt/``: then refs carry no labels.
+When ``gt/<weather>/<split>`` exists, each image must have its labelTrainIds file.
 Extra paths (not label kinds): ``ref_image`` and ``invids``.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 from factory.data.cityscapes import OnError, _fail, load_sample
 from factory.data.sample import BadSample, DataError, ReadResult, SampleRef, check_key
 
-CONDITIONS = ("fog", "night", "rain", "snow")
+WEATHERS = ("fog", "night", "rain", "snow")
 _IMAGE_SUFFIX = "_rgb_anon.png"
-# kind -> (file suffix in gt/, required when gt/<condition>/<split> exists)
+# kind -> (file suffix in gt/, required when gt/<weather>/<split> exists)
 _GT_FILES = {
     "labeltrainids": ("_gt_labelTrainIds.png", True),
     "labelids": ("_gt_labelIds.png", False),
@@ -49,33 +49,33 @@ def list_acdc(
     root: str | Path,
     split: str,
     *,
-    conditions: Sequence[str] = CONDITIONS,
+    weathers: Sequence[str] = WEATHERS,
     on_error: OnError = "raise",
 ) -> ReadResult:
-    """List ACDC images of ``split`` for ``conditions``, sorted by condition then key."""
+    """List ACDC images of ``split`` for ``weathers``, sorted by weather then key."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    unknown = [c for c in conditions if c not in CONDITIONS]
+    unknown = [w for w in weathers if w not in WEATHERS]
     if unknown:
-        raise ValueError(f"unknown ACDC conditions {unknown}; allowed: {list(CONDITIONS)}")
+        raise ValueError(f"unknown ACDC weathers {unknown}; allowed: {list(WEATHERS)}")
     root = Path(root)
     images_root = _check_root(root)
     refs: list[SampleRef] = []
     bad: list[BadSample] = []
-    for condition in conditions:
-        split_dir = images_root / condition / split
+    for weather in weathers:
+        split_dir = images_root / weather / split
         if not split_dir.is_dir():
             raise DataError(
                 split_dir,
-                f"ACDC folder for condition {condition!r}, split {split!r} not found",
-                f"expected rgb_anon/{condition}/{split}/<sequence>/*{_IMAGE_SUFFIX}; check the root or the conditions",
+                f"ACDC folder for weather {weather!r}, split {split!r} not found",
+                f"expected rgb_anon/{weather}/{split}/<sequence>/*{_IMAGE_SUFFIX}; check the root or the weathers",
             )
         images = sorted(split_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
         if not images:
             raise DataError(
                 split_dir, f"no *{_IMAGE_SUFFIX} images under {split_dir}/<sequence>/", "check the extraction"
             )
-        gt_dir = root / "gt" / condition / split
+        gt_dir = root / "gt" / weather / split
         for img in images:
             stem = img.name[: -len(_IMAGE_SUFFIX)]
             seq = img.parent.name
@@ -85,7 +85,7 @@ def list_acdc(
                 _fail(img, str(e), "rename the file", on_error, bad)
                 continue
             paths: dict[str, Path] = {"image": img}
-            ref_img = images_root / condition / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png"
+            ref_img = images_root / weather / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png"
             if ref_img.is_file():
                 paths["ref_image"] = ref_img
             ok = True
@@ -97,16 +97,16 @@ def list_acdc(
                     _fail(
                         path,
                         f"missing {kind} label for image {img.name}",
-                        f"restore the file, or remove the image, or remove gt/{condition}/{split}",
+                        f"restore the file, or remove the image, or remove gt/{weather}/{split}",
                         on_error,
                         bad,
                     )
                     ok = False
                     break
             if ok:
-                meta = {"dataset": "acdc", "split": split, "sequence": seq, "condition": condition}
+                meta = {"dataset": "acdc", "split": split, "sequence": seq, "weather": weather}
                 refs.append(SampleRef(key, paths, meta))
     return ReadResult(refs, bad)
 
 
-__all__ = ["CONDITIONS", "list_acdc", "load_sample"]
+__all__ = ["WEATHERS", "list_acdc", "load_sample"]

@@ -129,7 +129,7 @@ def list_cityscapes(
         if ok:
             refs.append(
                 SampleRef(
-                    key, paths, {"dataset": "cityscapes", "split": split, "city": city, "condition": "clear"}
+                    key, paths, {"dataset": "cityscapes", "split": split, "city": city, "weather": "clear"}
                 )
             )
     return ReadResult(refs, bad)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from factory.config import check
-from factory.data.acdc import CONDITIONS, list_acdc
+from factory.data.acdc import WEATHERS, list_acdc
 from factory.data.cityscapes import list_cityscapes
 from factory.data.sample import ReadResult
 from factory.data.shards import list_shards
@@ -23,14 +23,14 @@ class DatasetConfig:
 
     kind: cityscapes | acdc | shards. root: the dataset folder (Cityscapes: holds leftImg8bit/;
     ACDC: holds rgb_anon/; shards: the shard folder). split: train | val | test (or any folder
-    name). conditions: ACDC conditions to read. cities: Cityscapes cities (empty = all).
+    name). weathers: ACDC weathers to read. cities: Cityscapes cities (empty = all).
     limit: keep the first N refs after sorting (0 = all). on_error: raise or skip bad samples.
     """
 
     kind: Literal["cityscapes", "acdc", "shards"] = "cityscapes"
     root: Path = Path("data/city/cityscapes")
     split: str = "train"
-    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    weathers: list[str] = field(default_factory=lambda: list(WEATHERS))
     cities: list[str] = field(default_factory=list)
     limit: int = 0
     on_error: Literal["raise", "skip"] = "raise"
@@ -39,8 +39,8 @@ class DatasetConfig:
         self.root = Path(self.root)
         check(bool(self.split), "split", "must be a non-empty folder name such as train or val")
         check(self.limit >= 0, "limit", f"must be >= 0 (0 = all), got {self.limit}")
-        unknown = [c for c in self.conditions if c not in CONDITIONS]
-        check(not unknown, "conditions", f"unknown {unknown}; allowed: {list(CONDITIONS)}")
+        unknown = [w for w in self.weathers if w not in WEATHERS]
+        check(not unknown, "weathers", f"unknown {unknown}; allowed: {list(WEATHERS)}")
 
 
 def list_samples(cfg: DatasetConfig) -> ReadResult:
@@ -48,7 +48,7 @@ def list_samples(cfg: DatasetConfig) -> ReadResult:
     if cfg.kind == "cityscapes":
         result = list_cityscapes(cfg.root, cfg.split, cities=cfg.cities or None, on_error=cfg.on_error)
     elif cfg.kind == "acdc":
-        result = list_acdc(cfg.root, cfg.split, conditions=tuple(cfg.conditions), on_error=cfg.on_error)
+        result = list_acdc(cfg.root, cfg.split, weathers=tuple(cfg.weathers), on_error=cfg.on_error)
     else:
         result = list_shards(cfg.root, split=cfg.split, on_error=cfg.on_error)
     if cfg.limit:

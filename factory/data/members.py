@@ -7,7 +7,8 @@ every reader (factory.data.shards, downstream.segformer.shards) take the suffixe
 - the image: ``<key>.png`` (or ``.jpg`` / ``.webp``, a config choice), 8-bit RGB;
 - the reference's label files, copied byte for byte (``LABEL_MEMBERS``: SampleRef.paths kind ->
   suffix). Colour maps and polygons derive from labelIds and are not shipped;
-- ``<key>.json``: metadata (source key, variant, prompt, seed, condition, models, scores);
+- ``<key>.json``: metadata (source key, variant, prompt, seed, the reference's meta under
+  ``source`` (dataset, split, weather, ...), models with their ControlNet condition, scores);
 - ``<key>.layout.npy``: a neural layout (float16, N x H/16 x W/16), in layout shards;
 - ``<key>.agree.png``: per-pixel agreement of a judge with the reused label (optional).
 

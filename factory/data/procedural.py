@@ -39,8 +39,9 @@ from factory.data.labels import ID_COLOURS, ID_TO_TRAINID
 # Constants
 # ---------------------------------------------------------------------------------------------
 
-CONDITIONS = ("fog", "night", "rain", "snow")
-WEATHER = ("clear", *CONDITIONS)
+# ACDC's four adverse weathers (factory.data.acdc.WEATHERS); apply_weather also renders "clear"
+WEATHERS = ("fog", "night", "rain", "snow")
+ALL_WEATHERS = ("clear", *WEATHERS)
 
 # Cityscapes label ids used by the generator (cityscapesscripts.helpers.labels).
 EGO, ROAD, SIDEWALK, BUILDING, POLE, LIGHT, SIGN = 1, 7, 8, 11, 17, 19, 20
@@ -731,24 +732,24 @@ def _glow(emissive: np.ndarray, sigma: float) -> np.ndarray:
 def apply_weather(
     image: np.ndarray,
     depth: np.ndarray,
-    condition: str,
+    weather: str,
     rng: np.random.Generator,
     *,
     ground: np.ndarray | None = None,
     emissive: np.ndarray | None = None,
     lamps: Sequence[tuple[float, float]] = (),
 ) -> np.ndarray:
-    """Render ``condition`` (clear/fog/night/rain/snow) on a clear image, using its depth (metres).
+    """Render ``weather`` (clear/fog/night/rain/snow) on a clear image, using its depth (metres).
 
     ``ground`` (horizontal surfaces), ``emissive`` (light sources, [0, 1]) and ``lamps`` (street
     lamp image positions) come from ``Scene``; when absent, ground is estimated from the depth and
     night uses the brightest pixels as light sources. Returns a new HxWx3 uint8 image.
     """
-    if condition not in WEATHER:
-        raise ValueError(f"apply_weather: unknown condition {condition!r}; allowed: {list(WEATHER)}")
+    if weather not in ALL_WEATHERS:
+        raise ValueError(f"apply_weather: unknown weather {weather!r}; allowed: {list(ALL_WEATHERS)}")
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != depth.shape:
         raise ValueError(f"apply_weather: image {image.shape} and depth {depth.shape} must be HxWx3 and HxW")
-    if condition == "clear":
+    if weather == "clear":
         return image.copy()
     h, w = depth.shape
     img = image.astype(np.float32) / 255.0
@@ -759,13 +760,13 @@ def apply_weather(
     scale = w / 256.0  # effects are sized relative to the image
 
     out: np.ndarray
-    if condition == "fog":
+    if weather == "fog":
         visibility = float(rng.uniform(40.0, 110.0))  # metres (beta = 3.912 / visibility)
         t = np.exp(-3.912 / visibility * z)
         airlight = np.array([0.82, 0.84, 0.86], np.float32) * float(rng.uniform(0.9, 1.05))
         out = img * t + airlight * (1.0 - t)
         out = cv2.GaussianBlur(out, (0, 0), sigmaX=max(0.4, 0.6 * scale))
-    elif condition == "night":
+    elif weather == "night":
         if emissive is None:
             lum = img.mean(axis=2)
             emissive = (lum > np.quantile(lum, 0.995)).astype(np.float32)
@@ -784,7 +785,7 @@ def apply_weather(
         glow = _glow(e[..., 0], 3.0 * scale + 1.0)[..., None]
         out += glow * np.array([1.0, 0.8, 0.5], np.float32) * 0.9
         out = out + rng.normal(0.0, 0.015, size=out.shape).astype(np.float32)
-    elif condition == "rain":
+    elif weather == "rain":
         t = np.exp(-3.912 / float(rng.uniform(150.0, 300.0)) * z)
         grey = img.mean(axis=2, keepdims=True)
         out = (0.55 * img + 0.45 * grey) * 0.62 + 0.05
@@ -849,9 +850,9 @@ def _weather_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
 
 
-def weather_image(scene: Scene, condition: str, rng: np.random.Generator) -> np.ndarray:
+def weather_image(scene: Scene, weather: str, rng: np.random.Generator) -> np.ndarray:
     """``apply_weather`` with everything the scene knows (ground mask, lights, lamps)."""
-    return apply_weather(scene.image, scene.depth, condition, rng, ground=scene.ground,
+    return apply_weather(scene.image, scene.depth, weather, rng, ground=scene.ground,
                          emissive=scene.emissive, lamps=scene.lamps)  # fmt: skip
 
 
@@ -870,7 +871,7 @@ def generate_city(
     """Write a procedural Cityscapes (``out/cityscapes``) and ACDC (``out/acdc``).
 
     n_train / n_val: Cityscapes images per split (spread over ``cities[split]``). n_acdc: ACDC
-    images per condition and per split (train, val), each with its clear ``_ref`` image and
+    images per weather and per split (train, val), each with its clear ``_ref`` image and
     labelTrainIds / labelIds / labelColor / invIds maps. Same arguments -> identical bytes.
     Returns the two roots and the counts written.
     """
@@ -885,7 +886,7 @@ def generate_city(
 
     jobs: list[tuple[str, str, int]] = [("cityscapes", "train", i) for i in range(n_train)]
     jobs += [("cityscapes", "val", i) for i in range(n_val)]
-    jobs += [("acdc", f"{c}/{s}", i) for c in CONDITIONS for s in ("train", "val") for i in range(n_acdc)]
+    jobs += [("acdc", f"{w}/{s}", i) for w in WEATHERS for s in ("train", "val") for i in range(n_acdc)]
     for dataset, split, i in tqdm(jobs, desc="procedural city", disable=not progress, unit="img"):
         if dataset == "cityscapes":
             stream = 0 if split == "train" else 1
@@ -895,14 +896,14 @@ def generate_city(
             stem = f"{city}_{i // len(names):06d}_000019"
             _write_cityscapes(cs_root, split, city, stem, scene, colour_lut)
         else:
-            condition, sp = split.split("/")
-            ci, si = CONDITIONS.index(condition), (0 if sp == "train" else 1)
+            weather, sp = split.split("/")
+            ci, si = WEATHERS.index(weather), (0 if sp == "train" else 1)
             stream = 10 + 2 * ci + si
             scene = render_scene(_weather_rng(seed, stream, i), height, width)
             seq = f"GOPR{400 + 20 * ci + 10 * si:04d}"
             stem = f"{seq}_frame_{(i + 1) * 10:06d}"
-            adverse = weather_image(scene, condition, _weather_rng(seed, 100 + stream, i))
-            _write_acdc(acdc_root, condition, sp, seq, stem, scene, adverse, train_lut, colour_lut)
+            adverse = weather_image(scene, weather, _weather_rng(seed, 100 + stream, i))
+            _write_acdc(acdc_root, weather, sp, seq, stem, scene, adverse, train_lut, colour_lut)
         counts[f"{dataset}/{split}"] = counts.get(f"{dataset}/{split}", 0) + 1
     return {"cityscapes": cs_root, "acdc": acdc_root, "counts": counts, "seed": seed,
             "height": height, "width": width}  # fmt: skip
@@ -925,7 +926,7 @@ def _write_cityscapes(
 
 def _write_acdc(
     root: Path,
-    condition: str,
+    weather: str,
     split: str,
     seq: str,
     stem: str,
@@ -934,16 +935,16 @@ def _write_acdc(
     train_lut: np.ndarray,
     colour_lut: np.ndarray,
 ) -> None:
-    _write_png(root / "rgb_anon" / condition / split / seq / f"{stem}_rgb_anon.png", adverse)
-    _write_png(root / "rgb_anon" / condition / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png", scene.image)
-    gt = root / "gt" / condition / split / seq
+    _write_png(root / "rgb_anon" / weather / split / seq / f"{stem}_rgb_anon.png", adverse)
+    _write_png(root / "rgb_anon" / weather / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png", scene.image)
+    gt = root / "gt" / weather / split / seq
     _write_png(gt / f"{stem}_gt_labelTrainIds.png", train_lut[scene.labelids])
     _write_png(gt / f"{stem}_gt_labelIds.png", scene.labelids)
     _write_png(gt / f"{stem}_gt_labelColor.png", colour_lut[scene.labelids])
-    # invIds: pixels whose semantics are uncertain in this condition (255) - here the far
+    # invIds: pixels whose semantics are uncertain in this weather (255) - here the far
     # haze where fog hides everything, else none.
     inv = np.zeros(scene.labelids.shape, np.uint8)
-    if condition == "fog":
+    if weather == "fog":
         inv[(scene.depth > 150.0) & (scene.labelids != SKY)] = 255
     _write_png(gt / f"{stem}_gt_invIds.png", inv)
 
@@ -963,7 +964,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--n-train", type=int, default=200, help="Cityscapes train images")
     parser.add_argument("--n-val", type=int, default=50, help="Cityscapes val images")
-    parser.add_argument("--n-acdc", type=int, default=25, help="ACDC images per condition and split")
+    parser.add_argument("--n-acdc", type=int, default=25, help="ACDC images per weather and split")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)

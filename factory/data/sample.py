@@ -74,7 +74,7 @@ class SampleRef:
 
     key: str
     paths: dict[str, Path]
-    meta: dict[str, Any] = field(default_factory=dict)  # dataset, split, city/sequence, condition
+    meta: dict[str, Any] = field(default_factory=dict)  # dataset, split, city/sequence, weather
 
     @property
     def label_kinds(self) -> tuple[str, ...]:

@@ -149,9 +149,10 @@ def _refs_from(folder: Path, shard: Path, split: str) -> list[SampleRef]:
             "shard": str(shard),
             "source_key": sample_meta.get("source_key", key),
             "variant": sample_meta.get("variant", ""),
-            # a synthetic sample's condition is its variant (fog, night, ...); a real reference
-            # written to shards keeps its source's condition when recorded
-            "condition": source.get("condition", "clear")
+            # a synthetic sample's weather is its variant (fog, night, ...); a real reference
+            # written to shards keeps its source's weather when recorded. Shards written before
+            # the field was renamed from "condition" record it under the old name: read either.
+            "weather": source.get("weather", source.get("condition", "clear"))
             if sample_meta.get("variant") in (None, "", "ref")
             else sample_meta["variant"],
         }

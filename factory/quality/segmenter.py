@@ -45,7 +45,7 @@ class SegmenterConfig:
     height: int = 64
     width: int = 128
     n_scenes: int = 192  # scenes rendered in memory for training
-    conditions: tuple[str, ...] = ("clear",)  # weathers rendered (clear = no weather)
+    weathers: tuple[str, ...] = ("clear",)  # weathers rendered (clear = no weather)
     steps: int = 300
     batch_size: int = 8
     lr: float = 3e-3
@@ -183,7 +183,7 @@ class Segmenter:
         cfg = cfg or SegmenterConfig()
         images, labels = render_training_set(cfg)
         seg = cls.fit(images, labels, cfg)
-        seg.meta["data"] = f"procedural render_scene x{cfg.n_scenes}, conditions {list(cfg.conditions)}"
+        seg.meta["data"] = f"procedural render_scene x{cfg.n_scenes}, weathers {list(cfg.weathers)}"
         return seg
 
     @torch.no_grad()
@@ -205,7 +205,7 @@ class Segmenter:
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(weights))
         cfg = asdict(self.cfg)
-        cfg["conditions"] = list(cfg["conditions"])
+        cfg["weathers"] = list(cfg["weathers"])
         path.with_suffix(".json").write_text(json.dumps({"config": cfg, "meta": self.meta}, indent=2))
         return weights
 
@@ -221,7 +221,10 @@ class Segmenter:
                 )
         info = json.loads(sidecar.read_text())
         cfg_d = dict(info["config"])
-        cfg_d["conditions"] = tuple(cfg_d["conditions"])
+        # Sidecars written before the field was renamed store the weathers as "conditions".
+        if "conditions" in cfg_d and "weathers" not in cfg_d:
+            cfg_d["weathers"] = cfg_d.pop("conditions")
+        cfg_d["weathers"] = tuple(cfg_d["weathers"])
         cfg = SegmenterConfig(**cfg_d)
         model = TinyUNet(cfg.width_mult)
         model.load_state_dict(load_file(str(weights)))
@@ -229,7 +232,7 @@ class Segmenter:
 
 
 def render_training_set(cfg: SegmenterConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Render procedural scenes (image, trainIds) in memory, cycling through ``cfg.conditions``."""
+    """Render procedural scenes (image, trainIds) in memory, cycling through ``cfg.weathers``."""
     from factory.data import procedural
 
     rng = np.random.default_rng(cfg.seed)
@@ -237,12 +240,12 @@ def render_training_set(cfg: SegmenterConfig) -> tuple[np.ndarray, np.ndarray]:
     for i in range(cfg.n_scenes):
         scene = procedural.render_scene(rng, cfg.height, cfg.width)
         image = scene.image
-        condition = cfg.conditions[i % len(cfg.conditions)]
-        if condition != "clear":
+        weather = cfg.weathers[i % len(cfg.weathers)]
+        if weather != "clear":
             image = procedural.apply_weather(
                 image,
                 scene.depth,
-                condition,
+                weather,
                 rng,
                 ground=scene.ground,
                 emissive=scene.emissive,

@@ -4,7 +4,7 @@ A *prompt set* (fog, rain, snow, night, dawn, ...) is a list of phrasings read f
 in ``configs/prompts/``. As in the LUMEN paper (Fig. 3), a phrasing is an *edit* of the
 reference's caption rather than a free prompt: the clear caption ("a photo of a city street")
 keeps describing the scene and weather words are put in by replacing words and/or appending a
-phrase, so the text and the layout agree and only the condition changes. A phrasing may also
+phrase, so the text and the layout agree and only the weather changes. A phrasing may also
 give a literal prompt.
 
 A ``Variant`` is one (prompt set, phrasing, repeat) choice. Its name is part of the synthetic
@@ -62,7 +62,7 @@ class PromptEdit:
 
     ``replace`` pairs are applied in order on whole words (``"city"`` does not match inside
     ``"velocity"``); every old word must occur in the caption, otherwise the edit would silently
-    do nothing and the image would not show the condition. ``prompt`` (when set) ignores the
+    do nothing and the image would not show the weather. ``prompt`` (when set) ignores the
     caption and is used as is.
     """
 

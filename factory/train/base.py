@@ -66,7 +66,7 @@ class BaseTrainConfig:
     height: int = 64
     width: int = 128
     n_scenes: int = 500
-    conditions: tuple[str, ...] = WEATHERS
+    weathers: tuple[str, ...] = WEATHERS
     captions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPTIONS))
     seed: int = 0
     threads: int = 2
@@ -106,7 +106,7 @@ class BaseTrainConfig:
     # preview
     preview_steps: int = 25
     preview_guidance: float = 3.0
-    preview_per_condition: int = 4
+    preview_per_weather: int = 4
 
     def __post_init__(self) -> None:
         check(
@@ -131,17 +131,17 @@ class BaseTrainConfig:
             "zero_terminal_snr",
             "needs prediction_type=v_prediction (epsilon cannot be inverted at zero SNR)",
         )
-        bad = [c for c in self.conditions if c not in WEATHERS]
+        bad = [w for w in self.weathers if w not in WEATHERS]
         check(
-            not bad and len(self.conditions) > 0,
-            "conditions",
-            f"must be a non-empty subset of {list(WEATHERS)}, got {list(self.conditions)}",
+            not bad and len(self.weathers) > 0,
+            "weathers",
+            f"must be a non-empty subset of {list(WEATHERS)}, got {list(self.weathers)}",
         )
-        missing = [c for c in self.conditions if c not in self.captions]
+        missing = [w for w in self.weathers if w not in self.captions]
         check(
             not missing,
             "captions",
-            f"no caption for conditions {missing}; add e.g. captions.{missing[0] if missing else ''}='...'",
+            f"no caption for weathers {missing}; add e.g. captions.{missing[0] if missing else ''}='...'",
         )
         for name in (
             "vae_steps",
@@ -201,7 +201,7 @@ def render_pool(cfg: BaseTrainConfig) -> tuple[np.ndarray, list[str]]:
     images, weathers = [], []
     for i in tqdm(range(cfg.n_scenes), desc="render scenes", leave=False):
         scene = procedural.render_scene(rng, cfg.height, cfg.width)
-        weather = cfg.conditions[i % len(cfg.conditions)]
+        weather = cfg.weathers[i % len(cfg.weathers)]
         image = procedural.apply_weather(
             scene.image,
             scene.depth,
@@ -406,10 +406,10 @@ def preview(pipe, cfg: BaseTrainConfig, out: Path, pool: np.ndarray, weathers: l
     from factory.viz import save_grid
 
     rows, stats = [], {}
-    for weather in cfg.conditions:
-        gens = [torch.Generator().manual_seed(cfg.seed * 1000 + i) for i in range(cfg.preview_per_condition)]
+    for weather in cfg.weathers:
+        gens = [torch.Generator().manual_seed(cfg.seed * 1000 + i) for i in range(cfg.preview_per_weather)]
         imgs = pipe(
-            [cfg.captions[weather]] * cfg.preview_per_condition,
+            [cfg.captions[weather]] * cfg.preview_per_weather,
             height=cfg.height,
             width=cfg.width,
             num_inference_steps=cfg.preview_steps,
@@ -418,13 +418,13 @@ def preview(pipe, cfg: BaseTrainConfig, out: Path, pool: np.ndarray, weathers: l
             output_type="np",
         ).images
         imgs = (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8)
-        real = pool[[i for i, w in enumerate(weathers) if w == weather][: cfg.preview_per_condition]]
+        real = pool[[i for i, w in enumerate(weathers) if w == weather][: cfg.preview_per_weather]]
         rows.append([*real, *imgs])
         stats[weather] = {
             "generated": image_stats(imgs),
             "real": image_stats(pool[[w == weather for w in weathers]]),
         }
-    save_grid(rows, out / "preview.png", row_labels=list(cfg.conditions))
+    save_grid(rows, out / "preview.png", row_labels=list(cfg.weathers))
     return stats
 
 
@@ -477,7 +477,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     pipe = build_pipeline(components)
     pipe.save_pretrained(tmp, safe_serialization=True)
     t3 = time.perf_counter()
-    stats = preview(pipe, cfg, tmp, pool, weathers) if cfg.preview_per_condition > 0 else {}
+    stats = preview(pipe, cfg, tmp, pool, weathers) if cfg.preview_per_weather > 0 else {}
     timings["preview_s"] = time.perf_counter() - t3
     meta = {
         "config": to_dict(cfg),
@@ -549,9 +549,12 @@ def recipe_digest(cfg: BaseTrainConfig) -> str:
         "max_minutes",
         "preview_steps",
         "preview_guidance",
-        "preview_per_condition",
+        "preview_per_weather",
     ):
         fields.pop(name, None)
+    # "weathers" was called "conditions" when the first checkpoints were written: digest it under
+    # that name so a checkpoint written before the rename still resumes (same recipe, same digest).
+    fields = {("conditions" if k == "weathers" else k): v for k, v in fields.items()}
     return digest(fields)
 
 

@@ -64,9 +64,10 @@ class TrainError(ValueError):
 
 @dataclass
 class CaptionConfig:
-    """Captions: ``template`` (fields {condition}, {city}, {key}), overridden per image by a caption
+    """Captions: ``template`` (fields {weather}, {city}, {key}), overridden per image by a caption
     file when ``files`` is true: ``<dir>/<key>.txt`` if ``dir`` is set, else the image path with
-    ``.txt`` instead of its suffix."""
+    ``.txt`` instead of its suffix. ``{weather}`` is the reference's weather (clear, fog, ...);
+    ``{condition}``, its name in older configs, is still accepted as an alias of ``{weather}``."""
 
     template: str = "a city street scene on a clear day"
     files: bool = True
@@ -198,12 +199,13 @@ def caption_for(ref: SampleRef, cfg: CaptionConfig) -> str:
         if path.is_file():
             return path.read_text().strip()
     fields = {
-        "condition": ref.meta.get("condition", "clear"),
+        "weather": ref.meta.get("weather", "clear"),
         "city": ref.meta.get("city", ""),
         "key": ref.key,
     }
     try:
-        return cfg.template.format(**fields)
+        # {condition}: the old name of {weather}, kept so older configs' templates still work
+        return cfg.template.format(**fields, condition=fields["weather"])
     except (KeyError, IndexError) as e:
         raise TrainError(
             f"caption.template {cfg.template!r}: unknown field {e}; allowed: {sorted(fields)}"

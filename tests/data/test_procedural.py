@@ -13,8 +13,8 @@ import pytest
 
 from factory.data.procedural import (
     CAM_HEIGHT,
-    CONDITIONS,
     SKY_DEPTH,
+    WEATHERS,
     apply_weather,
     generate_city,
     render_scene,
@@ -84,8 +84,8 @@ def test_any_resolution():
 
 
 def test_weather_domain_shift():
-    """Each condition moves the image statistics the way it physically should."""
-    stats: dict[str, list[tuple[float, float, float, float]]] = {c: [] for c in ("clear", *CONDITIONS)}
+    """Each weather moves the image statistics the way it physically should."""
+    stats: dict[str, list[tuple[float, float, float, float]]] = {c: [] for c in ("clear", *WEATHERS)}
     for seed in range(6):
         s = render_scene(np.random.default_rng(seed), 64, 128)
         far = (s.depth > 60) & (s.depth < SKY_DEPTH)
@@ -101,18 +101,18 @@ def test_weather_domain_shift():
     assert m["fog"][3] < 0.5 * m["clear"][3]  # ... most of all far away
     assert m["snow"][2] > m["clear"][2] + 40  # snow whitens the ground
     assert m["rain"][2] < m["clear"][2]  # wet road is darker
-    for c in CONDITIONS:
+    for c in WEATHERS:
         assert np.abs(m[c] - m["clear"])[:3].max() > 10, c
 
 
-def test_apply_weather_without_scene_extras_and_bad_condition():
+def test_apply_weather_without_scene_extras_and_bad_weather():
     s = render_scene(np.random.default_rng(1), 64, 128)
     rng = np.random.default_rng(0)
     out = apply_weather(s.image, s.depth, "snow", rng)  # ground estimated from depth
     assert out.shape == s.image.shape and out.dtype == np.uint8
     assert out[s.ground].mean() > s.image[s.ground].mean() + 30
     assert (apply_weather(s.image, s.depth, "clear", rng) == s.image).all()
-    with pytest.raises(ValueError, match="unknown condition 'hail'"):
+    with pytest.raises(ValueError, match="unknown weather 'hail'"):
         apply_weather(s.image, s.depth, "hail", rng)
 
 

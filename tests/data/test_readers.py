@@ -58,7 +58,7 @@ def test_cityscapes_round_trip(city_root):
                 "dataset": "cityscapes",
                 "split": split,
                 "city": ref.meta["city"],
-                "condition": "clear",
+                "weather": "clear",
             }
             assert ref.key.startswith(ref.meta["city"] + "_")
             listed |= set(ref.paths.values())
@@ -108,8 +108,8 @@ def test_acdc_round_trip(city_root):
     for split in ("train", "val"):
         res = list_acdc(root, split)
         assert len(res.refs) == 4 * 3 and res.bad == []
-        assert [r.meta["condition"] for r in res.refs] == [
-            c for c in ("fog", "night", "rain", "snow") for _ in range(3)
+        assert [r.meta["weather"] for r in res.refs] == [
+            w for w in ("fog", "night", "rain", "snow") for _ in range(3)
         ]
         for ref in res.refs:
             assert set(ref.paths) == {"image", "ref_image", "labeltrainids", "labelids", "color", "invids"}
@@ -119,8 +119,8 @@ def test_acdc_round_trip(city_root):
             np.testing.assert_array_equal(id_to_trainid(s.semantic), s.trainids)
             assert s.instance is None and s.disparity is None
     assert listed == written
-    fog = list_acdc(root, "val", conditions=("fog",))
-    assert len(fog.refs) == 3 and all(r.meta["condition"] == "fog" for r in fog.refs)
+    fog = list_acdc(root, "val", weathers=("fog",))
+    assert len(fog.refs) == 3 and all(r.meta["weather"] == "fog" for r in fog.refs)
 
 
 def test_dataset_config_and_list_samples(city_root):
@@ -129,11 +129,11 @@ def test_dataset_config_and_list_samples(city_root):
         {"kind": "cityscapes", "root": str(city_root / "cityscapes"), "split": "val", "limit": 2},
     )
     assert [r.meta["split"] for r in list_samples(cfg).refs] == ["val", "val"]
-    cfg = DatasetConfig(kind="acdc", root=city_root / "acdc", split="train", conditions=["night"])
+    cfg = DatasetConfig(kind="acdc", root=city_root / "acdc", split="train", weathers=["night"])
     assert len(list_samples(cfg).refs) == 3
     cfg = DatasetConfig(kind="cityscapes", root=city_root / "cityscapes", split="train", cities=["aachen"])
     assert {r.meta["city"] for r in list_samples(cfg).refs} == {"aachen"}
-    with pytest.raises(ConfigError, match="conditions"):
-        from_dict(DatasetConfig, {"kind": "acdc", "conditions": ["hail"]})
+    with pytest.raises(ConfigError, match="weathers"):
+        from_dict(DatasetConfig, {"kind": "acdc", "weathers": ["hail"]})
     with pytest.raises(ConfigError, match="limit"):
         from_dict(DatasetConfig, {"limit": -1})

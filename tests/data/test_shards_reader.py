@@ -61,8 +61,22 @@ def test_listed_shard_samples_load_with_the_references_labels(small_city, tmp_pa
         assert ref.meta["dataset"] == "shards" and ref.meta["split"] == "train"
         assert ref.meta["source_key"] == src.key and ref.meta["city"] == src.meta["city"]
         assert ref.meta["shard"].endswith(".tar")
-    conditions = {r.key: r.meta["condition"] for r in result.refs}
-    assert sorted(conditions.values()) == ["clear", "fog", "night"]
+    weathers = {r.key: r.meta["weather"] for r in result.refs}
+    assert sorted(weathers.values()) == ["clear", "fog", "night"]
+
+
+def test_a_reference_keeps_its_recorded_weather_also_under_the_old_field_name(tmp_path):
+    """A real reference's weather comes from its ``source``; shards written before the rename
+    record it as ``source.condition``, and are read the same."""
+    w = ShardWriter(tmp_path / "shard-000000.tar")
+    image = np.zeros((8, 16, 3), np.uint8)
+    w.add("new", image, {}, {"source_key": "new", "variant": "ref", "source": {"weather": "rain"}})
+    w.add("old", image, {}, {"source_key": "old", "variant": "ref", "source": {"condition": "snow"}})
+    w.add("none", image, {}, {"source_key": "none", "variant": "ref"})
+    w.close()
+    refs = {r.key: r.meta for r in list_shards(tmp_path, "train").refs}
+    assert {k: m["weather"] for k, m in refs.items()} == {"new": "rain", "old": "snow", "none": "clear"}
+    assert not [m for m in refs.values() if "condition" in m]
 
 
 def test_extraction_is_reused_and_renewed_when_a_shard_is_rewritten(small_city, tmp_path):

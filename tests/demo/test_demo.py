@@ -14,7 +14,7 @@ TINY = [
     "n_val=4",
     "n_acdc=2",
     "judge_steps=20",
-    "base_overrides=[max_minutes=0.3, n_scenes=32, vae_steps=10, unet_steps=10, preview_steps=2, preview_per_condition=1]",
+    "base_overrides=[max_minutes=0.3, n_scenes=32, vae_steps=10, unet_steps=10, preview_steps=2, preview_per_weather=1]",
     "controlnet_overrides=[steps=4, validation.every=4, checkpoint_every=2, validation.steps=2, validation.num_references=1]",
     "align_n=2",
     "align_steps=2",

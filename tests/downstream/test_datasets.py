@@ -33,35 +33,35 @@ def test_cityscapes_labelids_become_trainids(cs_root):
     raw = np.asarray(Image.open(info["seg_map_path"]))
     np.testing.assert_array_equal(item["gt_seg_map"], LABELID_TO_TRAINID[raw])
     assert item["img"].shape[:2] == raw.shape and item["img"].dtype == np.uint8
-    assert info["source"] == "real" and info["condition"] == "clear"
+    assert info["source"] == "real" and info["weather"] == "clear"
     assert set(np.unique(item["gt_seg_map"])) <= set(range(19)) | {255}
 
 
-def test_acdc_per_condition(acdc_root):
-    for cond in ("fog", "night", "rain", "snow"):
+def test_acdc_per_weather(acdc_root):
+    for weather in ("fog", "night", "rain", "snow"):
         ds = _build(
-            dict(type="ACDCDataset", data_root=str(acdc_root), condition=cond, split="val", pipeline=LOAD)
+            dict(type="ACDCDataset", data_root=str(acdc_root), weather=weather, split="val", pipeline=LOAD)
         )
         assert len(ds) == 3
         info = ds.get_data_info(0)
         assert (
-            info["condition"] == cond
+            info["weather"] == weather
             and info["dataset"] == "acdc"
-            and "/rgb_anon/" + cond in info["img_path"]
+            and "/rgb_anon/" + weather in info["img_path"]
         )
         item = ds[0]
         np.testing.assert_array_equal(item["gt_seg_map"], np.asarray(Image.open(info["seg_map_path"])))
 
 
-def test_acdc_missing_condition_folder(acdc_root, tmp_path):
+def test_acdc_missing_weather_folder(acdc_root, tmp_path):
     import shutil
 
     partial = tmp_path / "acdc"
     shutil.copytree(acdc_root / "rgb_anon" / "fog", partial / "rgb_anon" / "fog")
-    with pytest.raises(DataError, match=r"rgb_anon/snow/val.*ACDC folder for condition 'snow'"):
-        _build(dict(type="ACDCDataset", data_root=str(partial), condition="snow", pipeline=LOAD))
+    with pytest.raises(DataError, match=r"rgb_anon/snow/val.*ACDC folder for weather 'snow'"):
+        _build(dict(type="ACDCDataset", data_root=str(partial), weather="snow", pipeline=LOAD))
     with pytest.raises(ValueError, match="sandstorm"):
-        _build(dict(type="ACDCDataset", data_root=str(acdc_root), condition="sandstorm", pipeline=LOAD))
+        _build(dict(type="ACDCDataset", data_root=str(acdc_root), weather="sandstorm", pipeline=LOAD))
 
 
 def test_shards_image_resized_to_labels(ref_shards, cs_root):

@@ -31,14 +31,14 @@ def test_acdc_guard_catches_acdc_in_training(acdc_root, cs_root):
     from mmseg.registry import DATASETS
 
     forbidden = dg.acdc_keys(acdc_root)
-    assert len(forbidden) == 4 * 2 * 3  # conditions x splits x images (refs share the keys)
+    assert len(forbidden) == 4 * 2 * 3  # weathers x splits x images (refs share the keys)
     cs = DATASETS.build(dict(type="CityscapesLabelIdsDataset", data_root=str(cs_root), split="train"))
     assert dg.check_no_acdc_in_training(cs, forbidden) == 6
     leak = DATASETS.build(
         dict(
             type="MixedDataset",
             real=dict(type="CityscapesLabelIdsDataset", data_root=str(cs_root)),
-            synth=dict(type="ACDCDataset", data_root=str(acdc_root), condition="fog", split="train"),
+            synth=dict(type="ACDCDataset", data_root=str(acdc_root), weather="fog", split="train"),
         )
     )
     with pytest.raises(DataError, match="is an ACDC image"):

@@ -9,6 +9,7 @@ from factory.quality.segmenter import (
     IGNORE,
     Segmenter,
     SegmenterConfig,
+    TinyUNet,
     labelids_to_trainids,
     miou,
     pixel_accuracy,
@@ -48,6 +49,20 @@ def test_trains_beats_trivial_and_round_trips(tmp_path):
     assert again.predict(images[0]).shape == labels[0].shape
     with pytest.raises(FileNotFoundError, match="segmenter file missing"):
         Segmenter.load(tmp_path / "nope")
+
+
+def test_loads_an_older_sidecar_that_calls_the_weathers_conditions(tmp_path):
+    """Segmenters saved before the field was renamed store ``"conditions"`` in their JSON."""
+    import json
+
+    cfg = SegmenterConfig(width_mult=4, weathers=("clear", "fog"))
+    Segmenter(TinyUNet(cfg.width_mult), cfg).save(tmp_path / "seg")
+    sidecar = tmp_path / "seg.json"
+    info = json.loads(sidecar.read_text())
+    assert info["config"]["weathers"] == ["clear", "fog"]
+    info["config"]["conditions"] = info["config"].pop("weathers")
+    sidecar.write_text(json.dumps(info))
+    assert Segmenter.load(tmp_path / "seg").cfg == cfg
 
 
 def test_cli_trains_saves_and_names_a_bad_field(tmp_path, capsys):

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WEATHER = ROOT / "configs" / "prompts" / "weather.yaml"
 
 
-def test_shipped_prompt_file_has_acdc_conditions_and_more():
+def test_shipped_prompt_file_has_acdc_weathers_and_more():
     ps = load_prompt_sets(WEATHER)
     assert {"fog", "rain", "snow", "night"} <= set(ps.sets)
     assert len(ps.sets) >= 7  # dawn/dusk, overcast, night-rain, ...

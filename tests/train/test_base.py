@@ -20,7 +20,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 def tiny_base(out, **kw) -> BaseTrainConfig:
     """A base-model recipe that trains in seconds (2 VAE and 2 U-Net steps on 5 scenes)."""
     recipe = dict(n_scenes=5, vae_steps=2, vae_batch_size=2, vae_block_out_channels=(16, 32, 32))
-    recipe |= dict(unet_steps=2, batch_size=2, warmup_steps=1, preview_steps=1, preview_per_condition=1)
+    recipe |= dict(unet_steps=2, batch_size=2, warmup_steps=1, preview_steps=1, preview_per_weather=1)
     return BaseTrainConfig(out=out, **{**recipe, **kw})
 
 
@@ -30,7 +30,7 @@ def test_base_trains_and_resolves_as_model_reference(tmp_path):
     cfg = tiny_base(tmp_path / "base")
     out = train_base(cfg)
     meta = json.loads((out / "lumen_base.json").read_text())
-    assert meta["unet_steps_done"] == 2 and set(meta["weather_stats"]) == set(cfg.conditions)
+    assert meta["unet_steps_done"] == 2 and set(meta["weather_stats"]) == set(cfg.weathers)
     assert (out / "preview.png").is_file()
     assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
     comp = load_components(str(out))
@@ -55,8 +55,8 @@ def test_base_trains_and_resolves_as_model_reference(tmp_path):
 
 
 def test_base_config_errors():
-    with pytest.raises(ConfigError, match="conditions"):
-        BaseTrainConfig(conditions=("hail",))
+    with pytest.raises(ConfigError, match="weathers"):
+        BaseTrainConfig(weathers=("hail",))
     with pytest.raises(ConfigError, match="captions"):
         BaseTrainConfig(captions={"clear": "x"})
     with pytest.raises(ConfigError, match="prediction_type"):
@@ -70,7 +70,7 @@ def test_base_v_prediction_zero_snr_is_saved_and_samples(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     cfg = tiny_base(
-        tmp_path / "base", preview_per_condition=0, prediction_type="v_prediction", zero_terminal_snr=True
+        tmp_path / "base", preview_per_weather=0, prediction_type="v_prediction", zero_terminal_snr=True
     )
     out = train_base(cfg)
     sched = load_components(str(out)).noise_scheduler
@@ -110,7 +110,7 @@ def test_base_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     """Killed after the step-2 checkpoint, a rerun continues there and ends bit-identical."""
     from factory.train import base
 
-    recipe = dict(unet_steps=4, checkpoint_every=2, preview_per_condition=0, lr_schedule="cosine")
+    recipe = dict(unet_steps=4, checkpoint_every=2, preview_per_weather=0, lr_schedule="cosine")
     straight = train_base(tiny_base(tmp_path / "a", **recipe))
     assert not (tmp_path / "a.ckpt").exists()  # removed once the model is saved
 

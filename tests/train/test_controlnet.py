@@ -170,8 +170,10 @@ def test_captions_template_and_files(tmp_path):
     from factory.train.controlnet import CaptionConfig
 
     img = tmp_path / "aachen_000000_000019_leftImg8bit.png"
-    ref = SampleRef("aachen_000000_000019", {"image": img}, {"condition": "clear", "city": "aachen"})
-    assert caption_for(ref, CaptionConfig(template="{city} street, {condition}")) == "aachen street, clear"
+    ref = SampleRef("aachen_000000_000019", {"image": img}, {"weather": "fog", "city": "aachen"})
+    assert caption_for(ref, CaptionConfig(template="{city} street, {weather}")) == "aachen street, fog"
+    # {condition}: the field's old name, still accepted as an alias of {weather}
+    assert caption_for(ref, CaptionConfig(template="{city} street, {condition}")) == "aachen street, fog"
     img.with_suffix(".txt").write_text("a rainy boulevard\n")
     assert caption_for(ref, CaptionConfig()) == "a rainy boulevard"
     assert caption_for(ref, CaptionConfig(files=False, template="x")) == "x"
@@ -179,7 +181,7 @@ def test_captions_template_and_files(tmp_path):
     (tmp_path / "caps" / "aachen_000000_000019.txt").write_text("from dir")
     assert caption_for(ref, CaptionConfig(dir=tmp_path / "caps")) == "from dir"
     with pytest.raises(TrainError, match="unknown field"):
-        caption_for(ref, CaptionConfig(files=False, template="{weather}"))
+        caption_for(ref, CaptionConfig(files=False, template="{season}"))
 
 
 # --------------------------------------------------------------------------- bad input, before any step

@@ -3,7 +3,7 @@
 dataset_type = "CityscapesLabelIdsDataset"
 data_root = "{{$CITYSCAPES_DATASET:data/cityscapes}}"
 acdc_root = "{{$ACDC_DATASET:data/acdc}}"
-acdc_conditions = ["fog", "night", "rain", "snow"]
+acdc_weathers = ["fog", "night", "rain", "snow"]
 crop_size = (1024, 1024)
 test_scale = (2048, 1024)
 meta_keys = (
@@ -18,7 +18,7 @@ meta_keys = (
     "reduce_zero_label",
     "key",
     "dataset",
-    "condition",
+    "weather",
     "source",
 )
 train_pipeline = [
@@ -53,6 +53,6 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader
 # Evaluation sets of the domain-generalisation benchmark (downstream/benchmarks/dg.py).
-acdc_val = dict(data_root=acdc_root, conditions=acdc_conditions, split="val")
+acdc_val = dict(data_root=acdc_root, weathers=acdc_weathers, split="val")
 val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
 test_evaluator = val_evaluator

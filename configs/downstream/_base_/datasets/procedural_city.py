@@ -17,7 +17,7 @@ meta_keys = (
     "reduce_zero_label",
     "key",
     "dataset",
-    "condition",
+    "weather",
     "source",
 )
 train_pipeline = [
