@@ -156,7 +156,9 @@ def test_generation_reads_stored_layouts_and_says_how_many_it_computed(
 ):
     from factory.jobs.generate import GenerateConfig, run
 
-    partial = _extract(city_root, tmp_path / "partial", base, f"layout.pca={store_dir / 'pca'}", "dataset.limit=2")
+    partial = _extract(
+        city_root, tmp_path / "partial", base, f"layout.pca={store_dir / 'pca'}", "dataset.limit=2"
+    )
     cond = {"kind": "layout", "layout": {"model": str(base), "pca": str(store_dir / "pca"),
                                          "store": str(partial), "device": "cpu"}}  # fmt: skip
     cfg = load_config(

@@ -40,7 +40,9 @@ def test_a_changed_file_is_caught(tmp_path):
 def test_stock_diffusers_loads_and_samples_the_shipped_model():
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(SHIPPED, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        SHIPPED, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     img = pipe(
         "a city street scene in fog",
