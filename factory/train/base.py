@@ -288,12 +288,13 @@ def train_unet(
     cfg: BaseTrainConfig,
     g: torch.Generator,
     ckpt: Checkpoint | None = None,
-) -> list[float]:
+) -> tuple[list[float], float]:
     """Denoising training (``cfg.prediction_type``) of the U-Net and text encoder on the cached latents.
 
     With ``ckpt``, continues from its saved U-Net state (if any) and saves one every
     ``cfg.checkpoint_every`` steps; the random draws come from ``g`` only, so a resumed run
-    repeats exactly what the uninterrupted one would have done.
+    repeats exactly what the uninterrupted one would have done. Returns the loss curve and the
+    phase's seconds across interruptions.
     """
     from diffusers.optimization import get_scheduler
 
@@ -334,6 +335,8 @@ def train_unet(
         lr_sched.load_state_dict(state["lr_schedule"])
         g.set_state(state["generator"])
         losses = list(state["losses"])
+    t_start = time.perf_counter()
+    prior_s = float(state.get("seconds", 0.0)) if state is not None else 0.0
     bar = tqdm(range(len(losses), cfg.unet_steps), desc="unet", initial=len(losses), total=cfg.unet_steps)
     deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes else None
     for step in bar:
@@ -369,11 +372,12 @@ def train_unet(
                     "lr_schedule": lr_sched.state_dict(),
                     "generator": g.get_state(),
                     "losses": losses,
+                    "seconds": prior_s + time.perf_counter() - t_start,
                 }
             )
     unet.eval()
     te.eval()
-    return losses
+    return losses, prior_s + time.perf_counter() - t_start
 
 
 def build_pipeline(components):
@@ -451,8 +455,14 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     vae_state = ckpt.state.get("vae_phase")
     if vae_state is None:
         vae_losses = train_vae(components.vae, pixels, cfg, g)
+        vae_s = time.perf_counter() - t1
         ckpt.save(
-            vae_phase={"vae": components.vae.state_dict(), "generator": g.get_state(), "losses": vae_losses}
+            vae_phase={
+                "vae": components.vae.state_dict(),
+                "generator": g.get_state(),
+                "losses": vae_losses,
+                "seconds": vae_s,
+            }
         )
     else:
         print(f"resuming from {ckpt.path}", flush=True)
@@ -460,16 +470,16 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         components.vae.eval()
         g.set_state(vae_state["generator"])
         vae_losses = list(vae_state["losses"])
-    timings["vae_s"] = time.perf_counter() - t1
+        vae_s = float(vae_state.get("seconds", 0.0))  # the interrupted run's, not this call's
+    timings["vae_s"] = vae_s
     mean, std = encode_pool(components.vae, pixels)
     scaling = float(1.0 / mean.std())
     components.vae.register_to_config(scaling_factor=scaling)
 
-    t2 = time.perf_counter()
     captions = [cfg.captions[w] for w in weathers]
-    unet_losses = train_unet(components, (mean, std), captions, cfg, g, ckpt)
-    timings["unet_s"] = time.perf_counter() - t2
-    timings["train_total_s"] = time.perf_counter() - t0
+    unet_losses, timings["unet_s"] = train_unet(components, (mean, std), captions, cfg, g, ckpt)
+    # training time across interruptions: rendering (this call) + both phases (all calls)
+    timings["train_total_s"] = timings["render_s"] + timings["vae_s"] + timings["unet_s"]
 
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
