@@ -244,9 +244,9 @@ class _StageWorker:
         return self.stage.process_shard(task)
 
 
-def _worker_class(stage: ShardStage) -> type:
+def _worker_class(stage: ShardStage, base: type[_StageWorker] = _StageWorker) -> type:
     """The actor class, named after the stage's class (what Ray's state API and dashboard show)."""
-    return type(type(stage).__name__, (_StageWorker,), {"__module__": __name__})
+    return type(type(stage).__name__, (base,), {"__module__": __name__})
 
 
 def run_actor_pool(
@@ -355,9 +355,11 @@ def run_ray_data(
     by_name = {t.name: t for t in tasks}
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar counts images, not rows
-    ds: ray.data.Dataset = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks))
+    # one block per task, up to a bound (a million-shard plan must not become a million blocks)
+    blocks = min(len(tasks), 1024)
+    ds: ray.data.Dataset = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=blocks)
     ds = ds.map_batches(
-        type(type(stage).__name__, (_RayDataWorker,), {"__module__": __name__}),
+        _worker_class(stage, _RayDataWorker),
         fn_constructor_args=(stage,),
         batch_size=1,
         batch_format="numpy",

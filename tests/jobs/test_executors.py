@@ -7,11 +7,7 @@ resumed with another executor still ends with exactly one sample per (reference,
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +19,7 @@ from factory.jobs.stage import Resources, ShardTask
 from factory.shards import Manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from jobcfg import REPO, make_cfg, overrides, shard_bytes  # noqa: E402
+from jobcfg import REPO, kill_driver_after_first_shard, make_cfg, shard_bytes  # noqa: E402
 
 
 def sample_sets(out: Path) -> dict[str, set[str]]:
@@ -61,20 +57,8 @@ def test_a_run_killed_on_one_executor_resumes_on_another(in_process_run, city_ro
     """Kill the driver (actor pool) after its first shard; finish with Ray Data; then a rerun
     in-process finds everything done. Exactly one sample per key, bytes as uninterrupted."""
     out = tmp_path / "out"
-    cfg_path = tmp_path / "job.yaml"
-    cfg_path.write_text("{}\n")
-    args = overrides(city_root, out, "faults.delay_s=1.5", "ray.num_actors=1", "ray.local_cpus=1")
-    cmd = [sys.executable, "-m", "factory.jobs.generate", "--config", str(cfg_path), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished = kill_driver_after_first_shard(city_root, out, tmp_path)
     manifest = Manifest(out / "manifest")
-    deadline = time.time() + 180
-    while time.time() < deadline and not manifest.done_shards() and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = manifest.done_shards()
-    assert 1 <= len(finished) < 3, "the driver should be killed mid-job"
 
     resumed = run(make_cfg(city_root, out, "executor=ray_data", "ray.local_cpus=2"))
     assert set(resumed.shards_done) == {"shard-000000", "shard-000001", "shard-000002"} - finished

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from factory.shards import Manifest, read_shard_samples
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from jobcfg import DOUBLE, PROMPTS, REPO, make_cfg, overrides, shard_bytes  # noqa: E402,F401
+from jobcfg import DOUBLE, PROMPTS, REPO, kill_driver_after_first_shard, make_cfg, overrides, shard_bytes  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -200,20 +199,8 @@ def test_resume_refuses_a_different_plan(baseline, city_root):
 @pytest.mark.slow
 def test_killed_driver_rerun_redoes_only_unfinished_shards(baseline, city_root, tmp_path):
     out = tmp_path / "out"
-    cfg_path = tmp_path / "job.yaml"
-    cfg_path.write_text("{}\n")
-    args = overrides(city_root, out, "faults.delay_s=1.5", "ray.num_actors=1", "ray.local_cpus=1")
-    cmd = [sys.executable, "-m", "factory.jobs.generate", "--config", str(cfg_path), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished = kill_driver_after_first_shard(city_root, out, tmp_path)
     manifest = Manifest(out / "manifest")
-    deadline = time.time() + 120
-    while time.time() < deadline and not manifest.done_shards() and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = manifest.done_shards()
-    assert 1 <= len(finished) < 3, "the driver should be killed mid-job"
     first_run = {r["key"]: r["run_id"] for r in manifest.rows()}
 
     summary = run(make_cfg(city_root, out))
