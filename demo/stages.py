@@ -70,7 +70,11 @@ class DemoConfig:
     n_acdc: int = 16  # per weather and split
     # alignment judge (factory.quality.segmenter)
     judge_steps: int = 300
-    # base model (configs/train/procedural_base.yaml)
+    # base model: the shipped pretrained foundation model (models/, checked against its hashes), as
+    # the paper starts from SD 1.5; from_scratch trains one inside the demo instead
+    # (configs/train/procedural_base.yaml with base_overrides)
+    foundation: Path = Path("models/procedural-base-v1")
+    from_scratch: bool = False
     base_overrides: list[str] = field(default_factory=list)
     # ControlNets (configs/train/procedural_controlnet_{layout,canny}.yaml)
     controlnet_overrides: list[str] = field(default_factory=list)
@@ -126,6 +130,8 @@ class Demo:
 
     @property
     def base(self) -> Path:
+        if not self.cfg.from_scratch:
+            return self.cfg.foundation.resolve()
         return self.out / "models" / "base"
 
     @property
@@ -177,7 +183,7 @@ class Demo:
         return {
             "city": [self.city],
             "judge": [self.judge.with_suffix(".safetensors"), self.judge.with_suffix(".json")],
-            "base": [self.base],
+            "base": [self.base] if self.cfg.from_scratch else [],  # never delete the shipped model
             "layouts": [self.out / "layouts"],
             "controlnet_layout": [self.controlnet("layout")],
             "controlnet_canny": [self.controlnet("canny")],
@@ -246,6 +252,12 @@ class Demo:
     def stage_base(self) -> dict:
         from factory.train import base
 
+        if not self.cfg.from_scratch:
+            from factory.train.ship import verify
+
+            verify(self.base)  # the shipped files are the ones their recipe hashed
+            print(f"  using the shipped foundation model {self.base} (RECIPE.md); --from-scratch trains one")
+            return json.loads((self.base / "lumen_base.json").read_text())
         self._call(
             base.main,
             ["--config", "configs/train/procedural_base.yaml", f"out={self.base}",
@@ -381,8 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="one folder for everything")
     p.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="demo budgets")
     p.add_argument("--force", nargs="*", default=[], choices=STAGES, help="rerun these stages")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train the base model in the demo instead of the shipped one",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     a = p.parse_args(argv)
+    if a.from_scratch:
+        a.overrides = [*a.overrides, "from_scratch=true"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cfg = load_config(DemoConfig, a.config, a.overrides)

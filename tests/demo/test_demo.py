@@ -65,6 +65,20 @@ def test_demo_runs_every_stage_and_caches(tmp_path, capsys):
     assert "multitask: done in" in printed and "report: done in" in printed
 
 
+def test_demo_uses_the_shipped_foundation_model_unless_from_scratch(tmp_path):
+    from demo.stages import Demo
+
+    shipped = Demo(load_config(DemoConfig, "configs/demo.yaml"), tmp_path, set())
+    assert shipped.base.name == "procedural-base-v1" and (shipped.base / "hashes.json").is_file()
+    assert shipped.stage_outputs("base") == []  # a stage rerun never deletes the shipped model
+    meta = shipped.stage_base()
+    assert meta["unet_steps_done"] == 3000 and "weather_stats" in meta
+    scratch = Demo(load_config(DemoConfig, "configs/demo.yaml", ["from_scratch=true"]), tmp_path, set())
+    assert scratch.base == tmp_path.resolve() / "models" / "base" and scratch.stage_outputs("base") == [
+        scratch.base
+    ]
+
+
 def test_weather_claim_is_checked_against_the_numbers():
     from demo.report import weather_lines
 
