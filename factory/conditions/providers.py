@@ -133,8 +133,9 @@ class LayoutCondition:
 
     def stored(self, samples: Sequence[Sample]) -> torch.Tensor:
         """(B, N, h, w) float16 layouts at the feature grid: read where stored, else computed."""
-        have = [i for i, s in enumerate(samples) if self.store is not None and s.key in self.store]
-        missing = [i for i in range(len(samples)) if i not in set(have)]
+        stored = [self.store is not None and s.key in self.store for s in samples]
+        have = [i for i, is_stored in enumerate(stored) if is_stored]
+        missing = [i for i, is_stored in enumerate(stored) if not is_stored]
         rows: dict[int, torch.Tensor] = {}
         if missing:
             computed = self.layout.compute_stored([samples[i] for i in missing])
