@@ -13,6 +13,7 @@ list[X], tuple[X, ...], dict[str, X] and nested dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -92,6 +93,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -100,6 +103,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is Path:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{where}: expected a path, got {value!r}")
+        if not str(value).strip():
+            # Path("") is ".": an empty value would silently mean the current folder
+            raise ConfigError(f"{where}: empty path (fix: give a path, or null where the field allows none)")
         return Path(value)
     raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
 

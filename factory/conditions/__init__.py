@@ -10,6 +10,7 @@ from factory.conditions.providers import (
     LayoutCondition,
     SemsegCondition,
     build_condition,
+    check_condition_artifacts,
 )
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "LayoutCondition",
     "SemsegCondition",
     "build_condition",
+    "check_condition_artifacts",
     "load_hed",
 ]

@@ -329,6 +329,22 @@ PROVIDERS: dict[str, type[ConditionProvider]] = {
 }
 
 
+def check_condition_artifacts(cfg: ConditionConfig) -> None:
+    """Fail fast on the driver: every file or folder the condition names exists (and a layout's
+    model and PCA load their config), before any worker loads models."""
+    from factory.layout.neural import check_layout_artifacts
+
+    if cfg.kind == "layout":
+        check_layout_artifacts(cfg.layout)
+    if cfg.kind == "depth" and not (Path(str(cfg.depth_model)) / "config.json").is_file():
+        raise ConditionError(
+            f"depth_model: {cfg.depth_model} is not a transformers depth-estimation folder "
+            "(config.json missing); fix: save one with AutoModelForDepthEstimation.save_pretrained"
+        )
+    if cfg.kind == "hed" and not Path(str(cfg.hed_weights)).is_file():
+        raise ConditionError(f"hed_weights: {cfg.hed_weights} does not exist (fix: the HED weights file)")
+
+
 def build_condition(cfg: ConditionConfig, components: SDComponents | None = None) -> ConditionProvider:
     """The configured provider. ``components`` lets the layout reuse an already-loaded model."""
     # tuple(): a list set on the config directly is accepted; it holds the (H, W) pair

@@ -34,6 +34,9 @@ def read_png(path: Path, *, expect: str) -> np.ndarray:
             im.load()
             mode = im.mode
             arr = np.asarray(im)
+    except Image.DecompressionBombError as e:
+        # a header claiming e.g. 40000x40000 pixels: refused before anything is inflated
+        raise DataError(path, f"refused, image too large to be a dataset frame: {e}", _REDOWNLOAD) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(
             path, f"cannot be decoded as an image (truncated or corrupt?): {e}", _REDOWNLOAD

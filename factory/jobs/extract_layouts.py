@@ -46,8 +46,10 @@ from factory.data.datasets import DatasetConfig
 from factory.data.members import LAYOUT_MEMBER, META_MEMBER
 from factory.data.sample import DataError, Sample, SampleRef
 from factory.jobs.executors import ExecutorKind, RayConfig, run_stage, shutdown_ray_we_started
+from factory.jobs.identity import content_identity, dataset_identity
 from factory.jobs.loading import load_ahead
-from factory.jobs.plan import list_references, make_tasks, prepare_output
+from factory.jobs.lock import OutputLock
+from factory.jobs.plan import ResumeCheck, list_references, make_tasks, prepare_output
 from factory.jobs.stage import Resources, ShardTask
 from factory.layout.backbones import Backbone
 from factory.layout.neural import LayoutConfig
@@ -71,6 +73,7 @@ class ExtractConfig:
     executor: ExecutorKind = "actor_pool"
     ray: RayConfig = field(default_factory=RayConfig)
     progress: bool = True
+    resume_check: ResumeCheck = "checksums"  # how a rerun verifies skipped shards (jobs.plan)
 
     def __post_init__(self) -> None:
         check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
@@ -87,6 +90,8 @@ def _load(ref: SampleRef):
         return load_sample(ref, labels=False), ""
     except (DataError, OSError, ValueError) as e:
         return None, f"reference unreadable: {e}"
+    except Exception as e:  # one bad file is one failed row, never a dead job
+        return None, f"reference unreadable ({ref.paths.get('image')}): {type(e).__name__}: {e}"
 
 
 Loaded = tuple[SampleRef, Sample | None, tuple[int, int], str]  # ref, sample, original size, problem
@@ -257,14 +262,25 @@ class ExtractSummary:
 
 @shutdown_ray_we_started()
 def run(cfg: ExtractConfig) -> ExtractSummary:
-    from factory.layout.neural import build_backbone, pca_meta
-    from factory.layout.pca import fit_pca, pca_files, sample_counts
+    from factory.layout.neural import check_layout_artifacts
 
     t0 = time.perf_counter()
     if not cfg.progress:
         os.environ["TQDM_DISABLE"] = "1"
     out = cfg.out.resolve()
     cfg = dataclasses.replace(cfg, out=out)
+    # 0. What the config names exists (before Ray); one job per output folder.
+    check_layout_artifacts(cfg.layout)
+    run_id = uuid.uuid4().hex[:12]
+    with OutputLock(out, job="extract_layouts", run_id=run_id):
+        return _run_locked(cfg, run_id, t0)
+
+
+def _run_locked(cfg: ExtractConfig, run_id: str, t0: float) -> ExtractSummary:
+    from factory.layout.neural import build_backbone, pca_meta
+    from factory.layout.pca import fit_pca, pca_files, sample_counts
+
+    out = cfg.out
     # 1. Plan.
     refs = list_references(cfg.dataset)
     if not refs:
@@ -272,11 +288,12 @@ def run(cfg: ExtractConfig) -> ExtractSummary:
     fingerprint = {
         "job": "extract_layouts",
         "refs": digest([r.key for r in refs]),
+        "dataset": dataset_identity(refs),  # sizes + mtimes of every reference file
         "samples_per_shard": cfg.samples_per_shard,
         "layout": digest(to_dict(cfg.layout)),
+        "models": content_identity(to_dict(cfg.layout)),  # backbone model, given PCA: their bytes
     }
-    plan = prepare_output(out, fingerprint, make_tasks(refs, cfg.samples_per_shard))
-    run_id = uuid.uuid4().hex[:12]
+    plan = prepare_output(out, fingerprint, make_tasks(refs, cfg.samples_per_shard), cfg.resume_check)
 
     # 2. PCA: given, reused from an earlier run, or fitted now from distributed samples.
     fitted = False

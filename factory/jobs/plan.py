@@ -6,26 +6,34 @@ Both jobs have one shape, named here:
    items that will fail with their reason, so the manifest accounts for everything);
 2. ``make_tasks`` - consecutive chunks: shard i always holds the same items;
 3. ``prepare_output`` - the plan fingerprint is checked against ``plan.json`` (a folder is
-   never resumed with other inputs), stale temporaries are removed, and the shards that the
-   manifest and the shard folder already hold are skipped;
+   never resumed with other inputs), stale temporaries are removed, and the shards that are
+   verifiably complete (``verify_shard``) are skipped; anything else is redone from scratch;
 4. an executor (``factory.jobs.executors``) runs the stage over what is left.
+
+The driver holds the output folder's lock (``factory.jobs.lock``) around all of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from factory.atomic import atomic_write_bytes
+from factory.atomic import atomic_write_bytes, digest
 from factory.data.datasets import DatasetConfig, list_samples
-from factory.data.sample import SampleRef
+from factory.data.members import member_name
+from factory.data.sample import SampleRef, check_key
 from factory.jobs.stage import ShardTask
 from factory.shards import Manifest, remove_stale_temporaries
+
+ResumeCheck = Literal["checksums", "members"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +55,20 @@ def list_references(cfg: DatasetConfig) -> list[SampleRef]:
         if not m or m.group(1) in refs:
             log.warning("skipping unlistable file %s: %s", bad.path, bad.reason)
             continue
-        refs[m.group(1)] = SampleRef(m.group(1), {"image": Path(bad.path)}, {"listing_error": bad.reason})
+        key = _safe_key(m.group(1))
+        refs[key] = SampleRef(key, {"image": Path(bad.path)}, {"listing_error": bad.reason})
     ordered = [refs[k] for k in sorted(refs)]
     return ordered[: cfg.limit] if cfg.limit else ordered
+
+
+def _safe_key(stem: str) -> str:
+    """A key for the failed rows of a file whose stem cannot be a key (a space, a dot): the
+    stem with unsafe characters replaced, plus a digest of the stem so it cannot collide with a
+    real key. The row's reason names the file and says to rename it."""
+    try:
+        return check_key(stem)
+    except ValueError:
+        return f"{re.sub(r'[^A-Za-z0-9_-]', '-', stem)}-unsafe{digest(stem, 8)}"
 
 
 def shard_name(index: int) -> str:
@@ -74,7 +93,10 @@ def check_plan(out: Path, fingerprint: dict[str, Any]) -> None:
     text = json.dumps(fingerprint, sort_keys=True, indent=1)
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(text):
+        if old != json.loads(text) and not _produced_anything(out):
+            # e.g. a run whose workers could not load their models: nothing to protect
+            log.warning("%s: replacing the plan of a run that produced nothing", path)
+        elif old != json.loads(text):
             changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             raise RuntimeError(
                 f"{path}: this output folder was planned with different settings ({', '.join(changed)} "
@@ -86,40 +108,138 @@ def check_plan(out: Path, fingerprint: dict[str, Any]) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _produced_anything(out: Path) -> bool:
+    """Whether a folder holds any committed output (a manifest part or a shard)."""
+    return bool(Manifest(out / "manifest").parts()) or any((out / "shards").glob("*.tar"))
+
+
+def verify_shard(out: Path, task: ShardTask, check: ResumeCheck = "checksums") -> str:
+    """Why shard ``task`` is not verifiably complete in ``out``; "" when it is.
+
+    Complete means: its manifest part parses, has a final row for every item the plan puts in
+    the shard and names no other shard; its tar is a plain (uncompressed) tar whose members are
+    exactly the ones the part's accepted rows list; and (``check="checksums"``) every member's
+    sha256 is the one recorded. Anything else - a corrupt or empty part, a truncated tar, a tar
+    of another run - is redone from scratch by the caller.
+
+    Cost: "members" reads the tar headers only (one 512-byte block per member); "checksums"
+    reads every byte of the shard once (sha256 runs at ~1-2 GB/s per core; the driver checks
+    shards in parallel threads, so the scan is bounded by the disk: docs/reliability.md).
+    """
+    part = Manifest(out / "manifest").part_path(task.name)
+    tar_path = out / "shards" / f"{task.name}.tar"
+    try:
+        rows = Manifest.read_part(part)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        return f"manifest part {part.name} is unreadable ({type(e).__name__}: {e})"
+    planned = {item.key for item in task.items}
+    listed = {r["key"] for r in rows}
+    if listed != planned:
+        return (
+            f"manifest part {part.name} lists {len(listed & planned)} of the {len(planned)} planned samples"
+            + (f" and {len(listed - planned)} that are not in the plan" if listed - planned else "")
+        )
+    others = {r["shard"] for r in rows} - {task.name}
+    if others:
+        return f"manifest part {part.name} has rows of shard {sorted(others)[0]}"
+    expected = {
+        member_name(r["key"], suffix): sha
+        for r in rows
+        if r["status"] == "ok"
+        for suffix, sha in r["checksums"].items()
+    }
+    if not tar_path.is_file():
+        return f"{tar_path.name} is missing"
+    found: dict[str, str] = {}
+    try:
+        # "r:" = uncompressed only: a compressed file under a .tar name is not ours
+        with tarfile.open(tar_path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    return f"{tar_path.name} holds {member.name}, which is not a regular file"
+                found[member.name] = _member_sha256(tar, member) if check == "checksums" else ""
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return f"{tar_path.name} is unreadable (truncated?): {e}"
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        return f"{tar_path.name} holds {len(found)} members, its manifest part lists {len(expected)}" + (
+            f" (missing {missing[0]})" if missing else f" (unexpected {extra[0]})"
+        )
+    if check == "checksums":
+        bad = sorted(name for name, sha in expected.items() if found[name] != sha)
+        if bad:
+            return f"{tar_path.name}: {len(bad)} member(s) differ from their recorded sha256, e.g. {bad[0]}"
+    return ""
+
+
+def _member_sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    f = tar.extractfile(member)
+    if f is None:
+        raise tarfile.ReadError(f"cannot read member {member.name}")
+    h = hashlib.sha256()
+    got = 0
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+        got += len(block)
+    if got != member.size:  # a tar cut inside this member
+        raise tarfile.ReadError(f"member {member.name} is truncated ({got} of {member.size} bytes)")
+    return h.hexdigest()
+
+
 @dataclass
 class OutputPlan:
-    """Where a job stands: every shard of the plan, and the ones still to do."""
+    """Where a job stands: every shard of the plan, the ones still to do, and the shards that
+    looked done but did not verify (name -> why; they are in ``todo`` too)."""
 
     out: Path
     tasks: list[ShardTask]
     todo: list[ShardTask]
+    redone: dict[str, str] = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
         return len(self.tasks) - len(self.todo)
 
 
-def prepare_output(out: Path, fingerprint: dict[str, Any], tasks: Sequence[ShardTask]) -> OutputPlan:
+def prepare_output(
+    out: Path,
+    fingerprint: dict[str, Any],
+    tasks: Sequence[ShardTask],
+    check: ResumeCheck = "checksums",
+    threads: int = 8,
+) -> OutputPlan:
     """Check the plan, clear stale temporaries, and keep the shards that are not done yet.
 
-    A shard is done when its manifest part exists and its tar is in ``out/shards``.
+    A shard is done when it verifies (``verify_shard``). A shard with a manifest part that does
+    not verify has its part removed first (the part is the completion mark, so the folder never
+    claims a shard it does not hold) and is redone; the job logs which and why.
     """
     check_plan(out, fingerprint)
     manifest = Manifest(out / "manifest")
     for folder in (out / "shards", manifest.folder):
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(folder)
-    done = manifest.done_shards()
-    todo = [t for t in tasks if t.name not in done or not (out / "shards" / f"{t.name}.tar").exists()]
-    log.info("%d shards planned; %d already done", len(tasks), len(tasks) - len(todo))
-    return OutputPlan(out, list(tasks), todo)
+    marked = manifest.done_shards()
+    candidates = [t for t in tasks if t.name in marked]
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="verify") as pool:
+        reasons = list(pool.map(lambda t: verify_shard(out, t, check), candidates))
+    redone = {t.name: why for t, why in zip(candidates, reasons) if why}
+    for name, why in sorted(redone.items()):
+        log.warning("shard %s will be redone: %s", name, why)
+        manifest.part_path(name).unlink(missing_ok=True)
+    done = {t.name for t in candidates} - set(redone)
+    todo = [t for t in tasks if t.name not in done]
+    log.info("%d shards planned; %d already done (verified: %s)", len(tasks), len(done), check)
+    return OutputPlan(out, list(tasks), todo, redone)
 
 
 __all__ = [
     "OutputPlan",
+    "ResumeCheck",
     "check_plan",
     "list_references",
     "make_tasks",
     "prepare_output",
     "shard_name",
+    "verify_shard",
 ]

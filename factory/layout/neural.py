@@ -80,6 +80,28 @@ class LayoutConfig:
         )
 
 
+def check_layout_artifacts(cfg: LayoutConfig, *, need_pca: bool = True) -> None:
+    """Fail fast on the driver (nothing heavy loaded): the backbone's model exists, the PCA
+    artifact loads and validates, the layout store is a folder. Raises with the file named."""
+    from factory.models import check_model_ref
+
+    if cfg.backbone == "dinov2":
+        if cfg.dinov2 is None or not (Path(cfg.dinov2) / "config.json").is_file():
+            raise LayoutError(
+                f"layout.dinov2: {cfg.dinov2} is not a Dinov2Model folder (config.json missing); fix: "
+                "save one with Dinov2Model.save_pretrained"
+            )
+    else:
+        check_model_ref(cfg.model)
+    if need_pca and cfg.pca is not None:
+        PCAArtifact.load(cfg.pca)
+    if cfg.store is not None and not Path(cfg.store).is_dir():
+        raise LayoutError(
+            f"layout.store: {cfg.store} is not a folder (fix: the output folder of "
+            "`python -m factory.jobs.extract_layouts`, or null to compute layouts on the fly)"
+        )
+
+
 def build_backbone(cfg: LayoutConfig, components: SDComponents | None = None) -> Backbone:
     """The configured backbone; ``components`` reuses already-loaded SD components."""
     if cfg.backbone == "dinov2":

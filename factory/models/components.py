@@ -19,6 +19,7 @@ schedule: neural layouts noise latents with it (t = 100) and ControlNet training
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -375,26 +376,78 @@ def _is_pathlike(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or Path(ref).expanduser().exists() or not _HUB_ID_RE.match(ref)
 
 
+def _local_folder(ref: str) -> Path:
+    """The diffusers folder a path-like reference names, or a ModelError saying what is wrong."""
+    folder = Path(ref).expanduser()
+    if not folder.is_dir():
+        raise ModelError(
+            f"model reference {ref!r}: folder does not exist (fix: pass 'tiny', 'sd15-arch', a hub id "
+            "like 'stable-diffusion-v1-5/stable-diffusion-v1-5', or a diffusers folder with "
+            f"{', '.join(p + '/' for p in _PIPELINE_PARTS)})"
+        )
+    missing = [p for p in _PIPELINE_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise ModelError(
+            f"{folder}: not a diffusers Stable Diffusion folder, missing {', '.join(missing)} "
+            "(fix: save it with StableDiffusionPipeline.save_pretrained or factory.models.save_components)"
+        )
+    return folder
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def check_model_ref(ref: str) -> None:
+    """Fail fast, without loading weights: a local folder must be a diffusers Stable Diffusion
+    folder whose parts' configs parse; a hub id must be in the Hugging Face cache when the hub
+    is offline. Jobs call this on the driver so a typo is one clear error, not one failed model
+    load per worker."""
+    if not isinstance(ref, str) or not ref:
+        raise ModelError(f"model reference must be a non-empty string, got {ref!r}")
+    if ref in BUILTIN_REFS:
+        return
+    if _is_pathlike(ref):
+        folder = _local_folder(ref)
+        for part in ("vae", "unet", "text_encoder"):
+            config = folder / part / "config.json"
+            try:
+                json.loads(config.read_text())
+            except (OSError, ValueError) as e:
+                raise ModelError(f"{config}: unreadable model config ({e}); fix: re-save the model") from None
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(ref, "model_index.json"), str) and _hub_offline():
+        raise ModelError(
+            f"model reference {ref!r}: not in the Hugging Face cache and HF_HUB_OFFLINE is set "
+            f"(fix: `hf download {ref}` where there is network access, or pass a local diffusers folder)"
+        )
+
+
+def check_controlnet_folder(path: str | Path) -> None:
+    """A ControlNet folder has a parseable config.json and a weights file (no weights loaded)."""
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelError(
+            f"{path}: no ControlNet here (config.json missing); fix: pass the folder written by "
+            "ControlNetModel.save_pretrained (the ControlNet training output)"
+        )
+    try:
+        json.loads(config.read_text())
+    except ValueError as e:
+        raise ModelError(
+            f"{config}: unreadable ControlNet config ({e}); fix: retrain or restore it"
+        ) from None
+    if not any(path.glob("diffusion_pytorch_model*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelError(f"{path}: ControlNet config but no weights file (fix: retrain or restore it)")
+
+
 def _load_pretrained(ref: str) -> tuple:
     """(vae, unet, text_encoder, tokenizer, scheduler) from a local diffusers folder or a hub id."""
     local = _is_pathlike(ref)
-    if local:
-        folder = Path(ref).expanduser()
-        if not folder.is_dir():
-            raise ModelError(
-                f"model reference {ref!r}: folder does not exist (fix: pass 'tiny', 'sd15-arch', a hub id "
-                "like 'stable-diffusion-v1-5/stable-diffusion-v1-5', or a diffusers folder with "
-                f"{', '.join(p + '/' for p in _PIPELINE_PARTS)})"
-            )
-        missing = [p for p in _PIPELINE_PARTS if not (folder / p).is_dir()]
-        if missing:
-            raise ModelError(
-                f"{folder}: not a diffusers Stable Diffusion folder, missing {', '.join(missing)} "
-                "(fix: save it with StableDiffusionPipeline.save_pretrained or factory.models.save_components)"
-            )
-        source = str(folder)
-    else:
-        source = ref
+    source = str(_local_folder(ref)) if local else ref
     try:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
@@ -404,8 +457,7 @@ def _load_pretrained(ref: str) -> tuple:
     except (OSError, ValueError) as e:
         if local:
             raise ModelError(f"{ref}: cannot load the diffusers folder: {e}") from e
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        hint = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if offline else ""
+        hint = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if _hub_offline() else ""
         raise ModelError(
             f"model reference {ref!r}: checkpoint files are not available locally{hint}. "
             f"Fix: download it once where there is network access (`hf download {ref}`) so it is in "
@@ -536,11 +588,7 @@ def load_controlnet(
 ) -> ControlNetModel:
     """A trained ControlNet from a folder written by ``ControlNetModel.save_pretrained``."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ModelError(
-            f"{path}: no ControlNet here (config.json missing); fix: pass the folder written by "
-            "ControlNetModel.save_pretrained (the ControlNet training output)"
-        )
+    check_controlnet_folder(path)
     device = resolve_device(device)
     net = ControlNetModel.from_pretrained(path)
     return _move(net, device, dtype or default_dtype(device)).eval()

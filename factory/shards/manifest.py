@@ -5,6 +5,8 @@ Each shard's rows go to their own Parquet file, written atomically (temporary na
 rename) right AFTER the shard itself was renamed into place. So "a part exists" means "the
 shard is complete", a rerun can trust it, and nothing is ever appended to a shared file.
 A shard redone by a rerun replaces its part (same name), so there is exactly one part per shard.
+A rerun does not take a part on trust: ``factory.jobs.plan.verify_shard`` checks it against the
+tar (members and checksums) before the shard is skipped.
 """
 
 from __future__ import annotations
@@ -109,6 +111,15 @@ class Manifest:
     def done_shards(self) -> set[str]:
         """Shards whose part is committed (the part is written after the shard is renamed)."""
         return {p.stem for p in self.parts()}
+
+    @staticmethod
+    def read_part(path: str | Path) -> list[dict]:
+        """One part's rows as dicts (``checksums``/``timings`` parsed); raises on a damaged file."""
+        rows = pq.read_table(path, schema=SCHEMA).to_pylist()
+        for r in rows:
+            r["checksums"] = json.loads(r["checksums"])
+            r["timings"] = json.loads(r["timings"])
+        return rows
 
     def read(self) -> pa.Table:
         parts = self.parts()

@@ -8,8 +8,10 @@ from pathlib import Path
 from factory.config import check
 from factory.data.datasets import DatasetConfig
 from factory.jobs.executors import ExecutorKind, RayConfig
+from factory.jobs.plan import ResumeCheck
 from factory.quality import QualityConfig
 from factory.shards import ShardConfig
+from factory.synth.seeds import SEED_BITS
 from factory.synth.synthesizer import SynthConfig
 from factory.synth.variants import VariantsConfig
 
@@ -69,8 +71,13 @@ class GenerateConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     contact_sheet_refs: int = 4
     progress: bool = True
+    # how a rerun verifies the shards it skips (factory.jobs.plan.verify_shard): "checksums"
+    # reads every byte once; "members" reads the tar headers only
+    resume_check: ResumeCheck = "checksums"
 
     def __post_init__(self) -> None:
+        # per-sample seeds and torch generators are signed 64-bit (factory.synth.seeds)
+        check(0 <= self.seed < 2**SEED_BITS, "seed", f"must be in 0..2**{SEED_BITS}-1, got {self.seed}")
         check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.load_threads >= 1, "load_threads", f"must be >= 1, got {self.load_threads}")

@@ -1,10 +1,13 @@
 """The generation job's driver: plan, skip what is done, run the stage, write the card.
 
 Outline (each step a function call):
-1. Validate: the config (on load), the prompt sets, the segmenter and the synthesizer's recipe
-   (a ControlNet trained with another PCA or base model is refused here, before Ray starts).
+1. Validate (``preflight``): the config (on load), the prompt sets, the segmenter, the
+   synthesizer's recipe and every artifact it names (a ControlNet trained with another PCA or
+   base model, a missing model folder: refused here, before Ray starts). Then the output folder
+   is locked (``factory.jobs.lock``) for the rest of the run.
 2. Plan (factory.jobs.plan): references x variants, sorted, split into shards; the fingerprint
-   is checked against the folder's ``plan.json``; finished shards are skipped.
+   (settings plus content identities of the dataset and the models) is checked against the
+   folder's ``plan.json``; shards that verify against their manifest part are skipped.
 3. Run ``GenerateStage`` on the configured executor (actor pool, Ray Data, in-process).
 4. Write the dataset card (markdown + JSON) and a contact sheet PNG.
 
@@ -32,10 +35,14 @@ from factory.config import to_dict
 from factory.jobs.executors import run_stage, shutdown_ray_we_started
 from factory.jobs.generate.card import previous_accounting, write_card, write_contact_sheet
 from factory.jobs.generate.config import GenerateConfig
-from factory.jobs.generate.stage import GenerateStage, ShardResult, load_segmenter, plan_items
+from factory.jobs.generate.preflight import preflight
+from factory.jobs.generate.stage import GenerateStage, ShardResult, plan_items
+from factory.jobs.identity import content_identity, dataset_identity
+from factory.jobs.lock import OutputLock
 from factory.jobs.plan import list_references, make_tasks, prepare_output
 from factory.jobs.stage import ShardTask
 from factory.shards import Manifest
+from factory.synth.variants import Variant
 
 log = logging.getLogger("factory.jobs.generate")
 
@@ -46,6 +53,7 @@ class JobSummary:
     run_id: str
     shards_total: int
     shards_skipped: int
+    shards_redone: dict[str, str]  # looked done but did not verify: shard -> why (redone now)
     shards_done: list[str]
     counts: dict[str, int]
     layouts: dict[str, int]  # layout condition: how many were read from the store, how many computed
@@ -55,33 +63,24 @@ class JobSummary:
     card: dict[str, Any]
 
 
-def check_synthesizer(cfg: GenerateConfig) -> GenerateConfig:
-    """Resolve the ControlNet's recipe on the driver (fails fast, names both sides of a mismatch)."""
-    if cfg.synthesizer != "lumen":
-        return cfg
-    from factory.synth.synthesizer import resolve_recipe
-
-    synth = resolve_recipe(cfg.synth)
-    if synth.condition is None:
-        raise ValueError(
-            f"synth.controlnet {cfg.synth.controlnet} records no condition and synth.condition is unset "
-            "(fix: set synth.condition to the condition the ControlNet was trained on)"
-        )
-    return dataclasses.replace(cfg, synth=synth)
-
-
 @shutdown_ray_we_started()
 def run(cfg: GenerateConfig) -> JobSummary:
-    """Plan, skip what is done, run the stage, write the card. Returns a summary."""
+    """Check, lock the output folder, plan, skip what is verifiably done, run the stage, write
+    the card. Returns a summary."""
     t0 = time.perf_counter()
     if not cfg.progress:
         os.environ["TQDM_DISABLE"] = "1"
     out = cfg.out.resolve()
     cfg = dataclasses.replace(cfg, out=out)
-    # 1. Validate what the config names before any work starts.
-    variants = cfg.variants.build()
-    load_segmenter(cfg.quality)
-    cfg = check_synthesizer(cfg)
+    # 1. Validate what the config names before any work starts (and before Ray).
+    cfg, variants = preflight(cfg)
+    run_id = uuid.uuid4().hex[:12]
+    with OutputLock(out, job="generate", run_id=run_id):
+        return _run_locked(cfg, variants, run_id, t0)
+
+
+def _run_locked(cfg: GenerateConfig, variants: list[Variant], run_id: str, t0: float) -> JobSummary:
+    out = cfg.out
     # 2. Plan.
     refs = list_references(cfg.dataset)
     if not refs:
@@ -90,17 +89,26 @@ def run(cfg: GenerateConfig) -> JobSummary:
     fingerprint = {
         "job": "generate",
         "items": digest([i.key for i in items]),
+        "dataset": dataset_identity(refs),  # sizes + mtimes of every reference file
         "samples_per_shard": cfg.samples_per_shard,
         "seed": cfg.seed,
         "synth": digest([cfg.synthesizer, to_dict(cfg.synth), [to_dict(v) for v in variants]]),
+        # the bytes of every model / PCA / plugin / prompt file the config names
+        "models": content_identity(
+            {
+                "synthesizer": cfg.synthesizer,
+                "synth": to_dict(cfg.synth),
+                "quality": to_dict(cfg.quality),
+                "prompts": to_dict(cfg.variants),
+            }
+        ),  # fmt: skip
         "image_format": cfg.shards.image_format,
         "quality": digest(to_dict(cfg.quality)),  # thresholds decide which attempt is shipped
     }
-    plan = prepare_output(out, fingerprint, make_tasks(items, cfg.samples_per_shard))
+    plan = prepare_output(out, fingerprint, make_tasks(items, cfg.samples_per_shard), cfg.resume_check)
     manifest = Manifest(out / "manifest")
 
     # 3. Run the stage.
-    run_id = uuid.uuid4().hex[:12]
     counts: Counter[str] = Counter()
     layouts: Counter[str] = Counter()
     previews: dict[str, np.ndarray] = {}
@@ -131,6 +139,7 @@ def run(cfg: GenerateConfig) -> JobSummary:
         run_id=run_id,
         shards_total=len(plan.tasks),
         shards_skipped=plan.skipped,
+        shards_redone=plan.redone,
         shards_done=[t.name for t in plan.todo],
         counts=dict(counts),
         layouts=dict(layouts),
@@ -141,4 +150,4 @@ def run(cfg: GenerateConfig) -> JobSummary:
     )
 
 
-__all__ = ["JobSummary", "check_synthesizer", "run"]
+__all__ = ["JobSummary", "run"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from factory.data.sample import Sample
 from factory.jobs.generate.config import GenerateConfig
@@ -19,7 +19,7 @@ class SynthesizerLike(Protocol):
     loads models once; ``__call__(items, samples=...)`` returns one ``SynthOutput`` per item, in
     order, with ``image`` None and ``error`` set for a sample it could not make. Optional:
     ``signature()`` (recorded in each sample's metadata), ``preview(sample)`` (an RGB picture of
-    the condition for the contact sheet) and ``needs_labels`` (the condition reads labels)."""
+    the condition for the contact sheet)."""
 
     def setup(self) -> Any: ...
 
@@ -39,23 +39,35 @@ def build_synthesizer(cfg: GenerateConfig) -> SynthesizerLike:
 
         synth_cfg = dataclasses.replace(cfg.synth, batch_size=cfg.batch_size)
         return Synthesizer.from_config(synth_cfg, seed=cfg.seed)
-    module_name, attr = cfg.synthesizer.split(":")
+    synth = resolve_plugin(cfg.synthesizer)(cfg)
+    synth.setup()
+    return synth
+
+
+def resolve_plugin(spec: str) -> Callable[[GenerateConfig], SynthesizerLike]:
+    """The factory function ``module:f`` or ``file.py:f`` names (imported, not called): the
+    driver resolves it before Ray starts, so a wrong path or name is one clear error."""
+    module_name, attr = spec.split(":")
     if module_name.endswith(".py"):  # a file (relative to the working directory)
         path = Path(module_name).resolve()
         if not path.is_file():
             raise FileNotFoundError(
                 f"synthesizer: {path} does not exist (fix: a path relative to {Path.cwd()})"
             )
-        spec = importlib.util.spec_from_file_location(f"_lumen_synth_{path.stem}", path)
-        if spec is None or spec.loader is None:
+        spec_ = importlib.util.spec_from_file_location(f"_lumen_synth_{path.stem}", path)
+        if spec_ is None or spec_.loader is None:
             raise ImportError(f"synthesizer: cannot import {path}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(module)
     else:
-        module = importlib.import_module(module_name)
-    synth = getattr(module, attr)(cfg)
-    synth.setup()
-    return synth
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ImportError(f"synthesizer: cannot import module {module_name!r} ({e})") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise AttributeError(f"synthesizer: {module_name} has no function {attr!r} (fix: check {spec!r})")
+    return cast("Callable[[GenerateConfig], SynthesizerLike]", factory)
 
 
-__all__ = ["SynthesizerLike", "build_synthesizer"]
+__all__ = ["SynthesizerLike", "build_synthesizer", "resolve_plugin"]
