@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "out": str(summary.out),
                 "shards_total": summary.shards_total,
                 "shards_skipped": summary.shards_skipped,
+                **({"shards_redone": summary.shards_redone} if summary.shards_redone else {}),
                 "counts": summary.counts,
                 **({"layouts": summary.layouts} if summary.layouts else {}),
                 "actors_died": summary.actors_died,
