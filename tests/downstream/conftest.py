@@ -1,4 +1,5 @@
-"""Fixtures for downstream tests: the procedural city, reference shards, and config helpers."""
+"""Fixtures for downstream tests: the procedural city, reference shards, config helpers, and a
+planted (code-running) checkpoint."""
 
 from __future__ import annotations
 
@@ -38,6 +39,28 @@ def city_env(city_root: Path, monkeypatch) -> Path:
     monkeypatch.setenv("CITYSCAPES_DATASET", str(city_root / "cityscapes"))
     monkeypatch.setenv("ACDC_DATASET", str(city_root / "acdc"))
     return city_root
+
+
+class _WritesMarker:
+    """Pickles as a call that writes ``marker``: what a planted checkpoint would run on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('code ran')",))
+
+
+@pytest.fixture
+def planted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """(``tmp_path/iter_4.pth``, marker): an mmengine-shaped checkpoint whose pickle writes the
+    marker file if it is ever unpickled - the marker existing means the planted code ran."""
+    import torch
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "iter_4.pth"
+    torch.save({"meta": {"iter": 4}, "state_dict": {}, "message_hub": _WritesMarker(marker)}, path)
+    return path, marker
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -239,6 +239,28 @@ def test_resume_reaches_the_uninterrupted_weights(cs_root, tmp_path, monkeypatch
         assert torch.equal(v, resumed["model"][k]), k
 
 
+def test_planted_pretrained_or_resume_checkpoint_is_refused_by_name(
+    cs_root, planted_checkpoint, tmp_path, monkeypatch
+):
+    """The encoder's pretrained weights (read by mmengine) and ``--resume``'s latest.pt go through
+    downstream's safe loader: a planted pickle is refused naming the file, and never runs."""
+    from downstream.checkpoints import CheckpointError
+    from downstream.multitask.model import ModelConfig, MultiTaskNet
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    bad, marker = planted_checkpoint
+    with pytest.raises(CheckpointError, match="refused") as err:
+        MultiTaskNet(ModelConfig(**TINY_MODEL, pretrained=str(bad)))
+    assert err.value.path == bad and not marker.exists()
+
+    out = tmp_path / "run"
+    out.mkdir()
+    bad.rename(out / "latest.pt")
+    with pytest.raises(CheckpointError, match="refused") as err:
+        train(_cfg(cs_root, out), resume=True)
+    assert err.value.path == out / "latest.pt" and not marker.exists()
+
+
 def test_bad_sample_is_recorded_and_training_goes_on(cs_root, tmp_path):
     victim = list_cityscapes(cs_root, "train").refs[1].key
     shards = _write_variant_shard(cs_root, tmp_path / "synth", corrupt=victim)

@@ -1,10 +1,13 @@
-"""A very short tiny training run: a checkpoint, a finite mIoU, and the consumed-samples log."""
+"""A very short tiny training run: a checkpoint, a finite mIoU, and the consumed-samples log;
+checkpoints are read without running pickled code."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+import pytest
 
 CONFIG = (
     Path(__file__).resolve().parents[2] / "configs" / "downstream" / "segformer_tiny_procedural-64x128.py"
@@ -61,3 +64,34 @@ def test_resume_continues_from_the_latest_checkpoint(city_env, tmp_path):
     assert consumed["counts"] == {"real": 4}, consumed
     logs = "".join(p.read_text() for p in tmp_path.glob("*/*.log"))
     assert "resumed" in logs.lower() and "iter_4.pth" in logs
+
+
+def test_evaluate_refuses_a_checkpoint_whose_pickle_runs_code(city_env, planted_checkpoint, monkeypatch):
+    """``python -m downstream.segformer.evaluate`` on a planted file: refused by name, nothing
+    runs - even with torch's opt-out of safe loading set in the environment."""
+    from downstream.checkpoints import CheckpointError
+    from downstream.segformer.evaluate import main
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    bad, marker = planted_checkpoint
+    with pytest.raises(CheckpointError, match="refused to load this checkpoint.*exec") as err:
+        main([str(CONFIG), str(bad)])
+    assert err.value.path == bad and str(bad) in str(err.value)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_planted_checkpoint(city_env, planted_checkpoint, tmp_path, monkeypatch):
+    """--resume reads the work dir's latest checkpoint through the same safe loader."""
+    from downstream.checkpoints import CheckpointError
+    from downstream.segformer.train import build_config, train
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    bad, marker = planted_checkpoint  # tmp_path / "iter_4.pth"
+    (tmp_path / "last_checkpoint").write_text(str(bad))
+    options = {"train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": False}
+    cfg = build_config(CONFIG, work_dir=tmp_path, max_iters=6, seed=0, validate=False, cfg_options=options)
+    cfg.resume = True
+    with pytest.raises(CheckpointError, match="refused") as err:
+        train(cfg)
+    assert err.value.path == bad
+    assert not marker.exists()
