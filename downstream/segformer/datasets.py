@@ -23,7 +23,7 @@ from mmseg.registry import DATASETS
 from factory.data.acdc import WEATHERS as ACDC_WEATHERS
 from factory.data.acdc import list_acdc
 from factory.data.cityscapes import list_cityscapes
-from factory.data.members import member_name
+from factory.data.members import MAX_MEMBER_BYTES, member_name
 from factory.data.sample import DataError
 
 from .labels import CLASSES, PALETTE
@@ -124,19 +124,26 @@ class ACDCDataset(_LumenSegDataset):
 class LumenShardDataset(_LumenSegDataset):
     """Our webdataset shards (real references or synthetic variants, one schema): image
     ``<key>.png|jpg|webp``, labels ``<key>.labelids.png`` (labelIds), metadata ``<key>.json``.
-    A synthetic image smaller than its labels is resized up to them by ``LoadLumenImage``."""
+    A synthetic image smaller than its labels is resized up to them by ``LoadLumenImage``.
+    ``max_member_bytes`` bounds one member's declared size (checked before reading it)."""
 
     def __init__(
-        self, shards: str | list[str], source: str = "synth", limit: int | None = None, **kwargs: Any
+        self,
+        shards: str | list[str],
+        source: str = "synth",
+        limit: int | None = None,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
+        **kwargs: Any,
     ):
         self.shards = shards
         self.limit = limit
+        self.max_member_bytes = max_member_bytes
         super().__init__(source=source, data_root=None, **kwargs)
 
     def load_data_list(self) -> list[dict]:
         out = []
         for path in expand_shards(self.shards):
-            for s in index_shard(path):
+            for s in index_shard(path, self.max_member_bytes):
                 meta = read_meta(s)
                 files = {suf: (m.shard, m.offset, m.size) for suf, m in s.files.items()}
                 out.append(

@@ -123,6 +123,24 @@ def test_trainids_heuristic_without_255():
     assert set(np.unique(labelids_to_trainids(real))) == {0, 10}
 
 
+def test_a_compressed_or_oversized_shard_is_refused_before_it_is_read(ref_shards, tmp_path, hostile_shard):
+    """Indexing refuses, naming the file: a gzip named .tar (by its magic bytes, not a vague
+    'invalid header'), and a member whose header declares more than ``max_member_bytes`` -
+    before any member is read (the sparse 64 MiB + 1 member is never touched)."""
+    from factory.data.members import MAX_MEMBER_BYTES
+
+    gz = hostile_shard.gzip(ref_shards[0].read_bytes(), tmp_path / "gz.tar")
+    with pytest.raises(DataError, match=r"gz\.tar: gzip-compressed data named like a tar"):
+        _build(dict(type="LumenShardDataset", shards=str(gz), pipeline=LOAD))
+    huge = hostile_shard.sparse(tmp_path / "huge.tar", "k_000000_000001__fog", MAX_MEMBER_BYTES + 1)
+    with pytest.raises(DataError, match=r"huge\.tar: member 'k_000000_000001__fog\.png' declares"):
+        _build(dict(type="LumenShardDataset", shards=str(huge), pipeline=LOAD))
+    with pytest.raises(DataError, match="above the 1000-byte limit"):  # the limit is a knob
+        _build(
+            dict(type="LumenShardDataset", shards=str(ref_shards[0]), max_member_bytes=1000, pipeline=LOAD)
+        )
+
+
 def test_missing_shards_glob(tmp_path):
     with pytest.raises(DataError, match="no shard matches"):
         _build(dict(type="LumenShardDataset", shards=str(tmp_path / "*.tar"), pipeline=LOAD))
