@@ -27,7 +27,7 @@ from factory.data.members import MAX_MEMBER_BYTES, member_name
 from factory.data.sample import DataError
 
 from .labels import CLASSES, PALETTE
-from .shards import LABELIDS_MEMBER, expand_shards, index_shard, read_meta
+from .shards import LABELIDS_MEMBER, expand_shards, index_shards, read_meta
 
 METAINFO = dict(classes=CLASSES, palette=PALETTE)
 
@@ -125,7 +125,9 @@ class LumenShardDataset(_LumenSegDataset):
     """Our webdataset shards (real references or synthetic variants, one schema): image
     ``<key>.png|jpg|webp``, labels ``<key>.labelids.png`` (labelIds), metadata ``<key>.json``.
     A synthetic image smaller than its labels is resized up to them by ``LoadLumenImage``.
-    ``max_member_bytes`` bounds one member's declared size (checked before reading it)."""
+    ``max_member_bytes`` bounds one member's declared size (checked before reading it); a shard
+    whose samples differ from its job's manifest, or a key in two shards, is an error
+    (``index_shards``)."""
 
     def __init__(
         self,
@@ -142,29 +144,28 @@ class LumenShardDataset(_LumenSegDataset):
 
     def load_data_list(self) -> list[dict]:
         out = []
-        for path in expand_shards(self.shards):
-            for s in index_shard(path, self.max_member_bytes):
-                meta = read_meta(s)
-                files = {suf: (m.shard, m.offset, m.size) for suf, m in s.files.items()}
-                out.append(
-                    dict(
-                        img_path=f"{path}#{s.key}",
-                        seg_map_path=f"{path}#{member_name(s.key, LABELIDS_MEMBER)}",
-                        shard_files=files,
-                        image_suffix=s.image_suffix,
-                        label_encoding="labelIds",
-                        key=s.key,
-                        dataset="shards",
-                        weather=str(meta.get("variant", "clear")),
-                        source_key=str(meta.get("source_key", s.key)),
-                        source=self.source,
-                        seg_fields=[],
-                        reduce_zero_label=False,
-                        label_map=None,
-                    )
+        for s in index_shards(expand_shards(self.shards), self.max_member_bytes):
+            meta = read_meta(s)
+            files = {suf: (m.shard, m.offset, m.size) for suf, m in s.files.items()}
+            out.append(
+                dict(
+                    img_path=f"{s.shard}#{s.key}",
+                    seg_map_path=f"{s.shard}#{member_name(s.key, LABELIDS_MEMBER)}",
+                    shard_files=files,
+                    image_suffix=s.image_suffix,
+                    label_encoding="labelIds",
+                    key=s.key,
+                    dataset="shards",
+                    weather=str(meta.get("variant", "clear")),
+                    source_key=str(meta.get("source_key", s.key)),
+                    source=self.source,
+                    seg_fields=[],
+                    reduce_zero_label=False,
+                    label_map=None,
                 )
-                if self.limit is not None and len(out) >= self.limit:
-                    return out
+            )
+            if self.limit is not None and len(out) >= self.limit:
+                return out
         return out
 
 

@@ -8,7 +8,8 @@ sample is then one seek and read per file. Shards are never modified after their
 
 Indexing trusts nothing it has not checked (the checks live in factory.data.shards, shared
 with the factory's reader): a compressed or truncated file, or a member whose header declares
-more than ``max_member_bytes``, is refused before a byte of data is read.
+more than ``max_member_bytes``, is refused before a byte of data is read; ``index_shards``
+also holds each shard to its job's manifest and refuses a key found in two shards.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from downstream.shard_manifest import check_shard_keys
 from factory.data.members import IMAGE_SUFFIXES as WRITTEN_IMAGE_SUFFIXES
 from factory.data.members import LABEL_MEMBERS, MAX_MEMBER_BYTES, META_MEMBER, member_name, split_member
 from factory.data.sample import DataError
@@ -113,6 +115,32 @@ def index_shard(path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> list[Sha
             )
         _ = s.image_suffix
     return list(samples.values())
+
+
+def index_shards(paths: list[str], max_member_bytes: int = MAX_MEMBER_BYTES) -> list[ShardSample]:
+    """``index_shard`` over ``paths``, then the checks across and beyond single shards:
+
+    - each shard holds exactly the samples its job's manifest records as ok, when a manifest
+      sits beside the shards (downstream.shard_manifest): a tar cut at a member boundary is a
+      valid tar with fewer samples, which only the record reveals;
+    - no key is in two shards (it would be drawn twice as often), naming both shards.
+    """
+    where: dict[str, str] = {}
+    out: list[ShardSample] = []
+    for path in paths:
+        samples = index_shard(path, max_member_bytes)
+        check_shard_keys(path, [s.key for s in samples])
+        for s in samples:
+            if s.key in where:
+                raise DataError(
+                    path,
+                    f"sample {s.key!r} is also in {where[s.key]}",
+                    "list each sample in one shard only (two jobs' shards in one glob, or one shard "
+                    "matched by two patterns?)",
+                )
+            where[s.key] = path
+        out.extend(samples)
+    return out
 
 
 def read_member(m: ShardMember) -> bytes:

@@ -63,6 +63,44 @@ def planted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     return path, marker
 
 
+def _record_in_manifest(shard: Path) -> Path:
+    """Write ``shard``'s manifest part beside its folder (``<out>/manifest/<name>.parquet``) as
+    the generation job does: one ok row per sample in the tar, plus a rejected earlier attempt."""
+    import tarfile
+
+    from factory.shards import Manifest, ManifestRow
+
+    with tarfile.open(shard) as tar:
+        keys = sorted({Path(m.name).name.split(".")[0] for m in tar})
+    rows = [ManifestRow(k, k.split("__")[0], "fog", shard.stem, "ok", attempt=1) for k in keys]
+    rows.append(ManifestRow(keys[0], keys[0].split("__")[0], "fog", shard.stem, "rejected", "low score"))
+    return Manifest(shard.parent.parent / "manifest").write_part(shard.stem, rows)
+
+
+def _cut_last_sample(shard: Path, end_marker: bool = True) -> str:
+    """Cut ``shard`` at the first member of its last sample (a member boundary); with
+    ``end_marker`` append the end-of-archive blocks, so what is left is a valid, shorter tar.
+    Returns the key of the sample cut off."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    last = Path(members[-1].name).name.split(".")[0]
+    cut = next(m.offset for m in members if Path(m.name).name.split(".")[0] == last)
+    data = shard.read_bytes()[:cut]
+    shard.write_bytes(data + (b"\0" * 1024 if end_marker else b""))
+    return last
+
+
+@pytest.fixture
+def job_record():
+    """The generation job's bookkeeping around shards a test wrote: ``record(shard)`` writes its
+    manifest part; ``cut(shard, end_marker=True)`` drops its last sample at a member boundary."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(record=_record_in_manifest, cut=_cut_last_sample)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _mmseg_scope():
     from mmengine.registry import init_default_scope

@@ -141,6 +141,70 @@ def test_a_compressed_or_oversized_shard_is_refused_before_it_is_read(ref_shards
         )
 
 
+def _job_shards(cs_root: Path, out: Path, per_shard: int = 3) -> list[Path]:
+    """The city's train references written as a job writes them: ``out/shards/shard-NNNNNN.tar``."""
+    from factory.data.cityscapes import list_cityscapes
+    from factory.shards import ShardWriter, label_files
+
+    refs = list_cityscapes(cs_root, "train").refs
+    paths = []
+    for i in range(0, len(refs), per_shard):
+        paths.append(out / "shards" / f"shard-{i // per_shard:06d}.tar")
+        w = ShardWriter(paths[-1])
+        for ref in refs[i : i + per_shard]:
+            image = np.asarray(Image.open(ref.paths["image"]).convert("RGB"))
+            w.add(f"{ref.key}__fog", image, label_files(ref), {"source_key": ref.key, "variant": "fog"})
+        w.close()
+    return paths
+
+
+def test_a_shard_cut_at_a_member_boundary_is_refused_against_its_manifest(cs_root, tmp_path, job_record):
+    """A valid but shorter tar (cut at a member boundary, end marker added) was used with the
+    samples it still had; its manifest part records one more: an error naming the shard."""
+    shards = _job_shards(cs_root, tmp_path / "out")
+    for shard in shards:
+        job_record.record(shard)
+    glob = str(tmp_path / "out" / "shards" / "*.tar")
+    assert len(_build(dict(type="LumenShardDataset", shards=glob, pipeline=LOAD))) == 6
+    lost = job_record.cut(shards[1])
+    with pytest.raises(
+        DataError,
+        match=r"shard-000001\.tar: holds 2 samples but its manifest part .*shard-000001\.parquet records 3",
+    ) as err:
+        _build(dict(type="LumenShardDataset", shards=glob, pipeline=LOAD))
+    assert lost in str(err.value) and "rerun the generation job" in str(err.value)
+    # a shard the job never committed (no part) has no record to trust either
+    (tmp_path / "out" / "manifest" / "shard-000001.parquet").unlink()
+    with pytest.raises(
+        DataError, match=r"shard-000001\.tar: the job's manifest .* has no part for this shard"
+    ):
+        _build(dict(type="LumenShardDataset", shards=glob, pipeline=LOAD))
+
+
+def test_a_shard_cut_without_its_end_marker_is_refused_without_a_manifest(cs_root, tmp_path, job_record):
+    """No manifest beside the shards: a tar cut at a member boundary still lacks its end-of-archive
+    marker, which the index now checks (it read the remaining samples silently)."""
+    shards = _job_shards(cs_root, tmp_path / "out")
+    job_record.cut(shards[0], end_marker=False)
+    with pytest.raises(DataError, match=r"shard-000000\.tar: truncated tar"):
+        _build(dict(type="LumenShardDataset", shards=[str(p) for p in shards], pipeline=LOAD))
+
+
+def test_a_key_in_two_shards_is_an_error_naming_both(cs_root, tmp_path):
+    """The same sample in two shards (two jobs' shards in one folder, a shard copied) was
+    listed - and drawn - twice."""
+    shards = _job_shards(cs_root, tmp_path / "out")
+    copy = tmp_path / "out" / "shards" / "shard-000002.tar"
+    copy.write_bytes(shards[0].read_bytes())
+    with pytest.raises(
+        DataError, match=r"shard-000002\.tar: sample '.*__fog' is also in .*shard-000000\.tar"
+    ) as err:
+        _build(
+            dict(type="LumenShardDataset", shards=str(tmp_path / "out" / "shards" / "*.tar"), pipeline=LOAD)
+        )
+    assert err.value.path == copy
+
+
 def test_missing_shards_glob(tmp_path):
     with pytest.raises(DataError, match="no shard matches"):
         _build(dict(type="LumenShardDataset", shards=str(tmp_path / "*.tar"), pipeline=LOAD))

@@ -164,6 +164,21 @@ def test_shard_sample_gives_the_references_targets(cs_root, tmp_path):
         assert (a.depth > 0).float().mean() > 0.3
 
 
+def test_a_shard_that_lost_samples_is_refused_against_its_manifest(cs_root, tmp_path, job_record):
+    """A job's shard cut at a member boundary (a valid, shorter tar) was trained on with the
+    samples left; the manifest part beside it records them all: an error naming the shard."""
+    shards = _write_variant_shard(cs_root, tmp_path / "job" / "shards")
+    shard = shards / "shard-000000.tar"
+    job_record.record(shard)
+    assert len(list_refs("shards", shards, "train")) == 6
+    lost = job_record.cut(shard)
+    with pytest.raises(
+        DataError, match=r"shard-000000\.tar: holds 5 samples but its manifest part .* records 6"
+    ) as err:
+        list_refs("shards", shards, "train")
+    assert err.value.path == shard and lost in str(err.value) and "rerun the generation job" in str(err.value)
+
+
 def test_shards_without_3d_labels_are_refused_by_name(ref_shards):
     with pytest.raises(DataError, match=r"has no \['disparity', 'camera', 'boxes3d'\]") as e:
         list_refs("shards", ref_shards[0].parent, "train")
