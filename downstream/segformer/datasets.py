@@ -9,14 +9,19 @@ data-info dicts with the same fields, so one loading pipeline (``LoadLumenImage`
 - ``shard_files``: for shards, ``{suffix: (shard, offset, size)}``;
 - ``label_encoding``: ``"labelIds"`` (converted to trainIds on the fly) or ``"trainIds"``;
 - ``key``, ``dataset``, ``weather``, ``source`` (``real``/``synth``: what the consumption log counts).
+
+In training, a sample that fails validation when drawn is skipped and recorded, and training
+goes on (``_LumenSegDataset.__getitem__``, ``hooks.SkippedSampleHook``); evaluation raises.
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+import logging
 from typing import Any
 
+from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
@@ -32,8 +37,14 @@ from .shards import LABELIDS_MEMBER, expand_shards, index_shards, read_meta
 METAINFO = dict(classes=CLASSES, palette=PALETTE)
 
 
+SKIPPED_KEY = "skipped_samples"  # metainfo of a replacement sample: the bad draws it replaced
+
+
 class _LumenSegDataset(BaseSegDataset):
-    """Common base: Cityscapes' 19 classes; subclasses implement ``load_data_list``."""
+    """Common base: Cityscapes' 19 classes; subclasses implement ``load_data_list``.
+
+    In training, a sample whose files fail validation is skipped, not fatal (``__getitem__``).
+    """
 
     METAINFO = METAINFO
 
@@ -43,6 +54,53 @@ class _LumenSegDataset(BaseSegDataset):
 
     def _join_prefix(self) -> None:  # our datasets take explicit roots, no prefix joining
         return None
+
+    def __getitem__(self, idx: int) -> dict:
+        """Sample ``idx`` through the pipeline; in training a bad sample is replaced, not fatal.
+
+        A sample whose files fail validation (``DataError``: labelIds or trainIds out of range,
+        a map that is not what it claims, an image that does not decode) would otherwise stop a
+        long run whenever it is drawn. In training it is replaced by another sample of the same
+        dataset, drawn at random as mmengine does when a pipeline returns None, and named - key,
+        file, reason - in the replacement's metainfo ``skipped_samples``; ``SkippedSampleHook``
+        writes those to the work dir's ``bad_samples.jsonl``. Evaluation raises: a test set is
+        scored whole or not at all.
+        """
+        if self.test_mode:
+            return super().__getitem__(idx)
+        if not self._fully_initialized:
+            self.full_init()
+        skipped: list[dict[str, str]] = []
+        for _ in range(self.max_refetch + 1):
+            try:
+                data = self.prepare_data(idx)
+            except DataError as e:
+                info = self.get_data_info(idx)
+                skipped.append(
+                    {
+                        "key": str(info.get("key")),
+                        "source": self.source,
+                        "path": str(e.path),
+                        "reason": str(e),
+                    }
+                )
+                print_log(
+                    f"skipped bad training sample {info.get('key')!r}: {e}",
+                    logger="current",
+                    level=logging.WARNING,
+                )
+                data = None
+            if data is not None:
+                if skipped and "data_samples" in data:
+                    data["data_samples"].set_metainfo({SKIPPED_KEY: skipped})
+                return data
+            idx = self._rand_another()
+        raise DataError(
+            skipped[-1]["path"] if skipped else self.source,
+            f"no valid {self.source} training sample after {self.max_refetch + 1} draws "
+            f"({len(skipped)} failed validation, the last: {skipped[-1]['reason'] if skipped else '-'})",
+            "fix or remove the bad samples (see bad_samples.jsonl in the work dir)",
+        )
 
 
 @DATASETS.register_module()

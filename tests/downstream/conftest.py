@@ -101,6 +101,33 @@ def job_record():
     return SimpleNamespace(record=_record_in_manifest, cut=_cut_last_sample)
 
 
+@pytest.fixture
+def bad_label_shard(cs_root: Path, tmp_path: Path) -> tuple[Path, str, str]:
+    """(shard, good key, bad key): two references' fog samples; the bad one's labelIds map holds
+    250 in a corner (no Cityscapes labelId: the kind of sample that stopped training when drawn)."""
+    import numpy as np
+    from PIL import Image
+
+    from factory.data.cityscapes import list_cityscapes
+    from factory.shards import ShardWriter, label_files
+
+    refs = list_cityscapes(cs_root, "train").refs[:2]
+    labels = np.array(Image.open(refs[1].paths["labelids"]))
+    labels[:4, :4] = 250
+    broken = tmp_path / "broken_labelIds.png"
+    Image.fromarray(labels).save(broken)
+    shard = tmp_path / "bad_labels" / "shard-000000.tar"
+    w = ShardWriter(shard)
+    for ref in refs:
+        files = label_files(ref)
+        if ref is refs[1]:
+            files["labelids.png"] = broken
+        image = np.asarray(Image.open(ref.paths["image"]).convert("RGB"))
+        w.add(f"{ref.key}__fog", image, files, {"source_key": ref.key, "variant": "fog"})
+    w.close()
+    return shard, f"{refs[0].key}__fog", f"{refs[1].key}__fog"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _mmseg_scope():
     from mmengine.registry import init_default_scope

@@ -205,6 +205,42 @@ def test_a_key_in_two_shards_is_an_error_naming_both(cs_root, tmp_path):
     assert err.value.path == copy
 
 
+PACK = [*LOAD, dict(type="PackSegInputs", meta_keys=("img_path", "key", "source"))]
+
+
+def test_a_training_sample_with_out_of_range_label_ids_is_skipped_and_named(bad_label_shard):
+    """Drawn in training, the sample with labelIds 250 is replaced by another and named in the
+    replacement's metainfo (what SkippedSampleHook writes down); evaluation still raises."""
+    shard, good, bad = bad_label_shard
+    ds = _build(dict(type="LumenShardDataset", shards=str(shard), pipeline=PACK))
+    bad_idx = [ds.get_data_info(i)["key"] for i in range(len(ds))].index(bad)
+    item = ds[bad_idx]
+    meta = item["data_samples"].metainfo
+    assert meta["key"] == good
+    skipped = meta["skipped_samples"]
+    assert {s["key"] for s in skipped} == {bad} and all(s["source"] == "synth" for s in skipped)
+    assert "holds values [250] above 33" in skipped[0]["reason"] and str(shard) in skipped[0]["path"]
+    assert "skipped_samples" not in ds[1 - bad_idx]["data_samples"].metainfo
+    scored = _build(dict(type="LumenShardDataset", shards=str(shard), pipeline=PACK, test_mode=True))
+    with pytest.raises(DataError, match=r"\[250\] above 33"):
+        scored[bad_idx]
+
+
+def test_a_training_sample_with_out_of_range_train_ids_is_skipped(acdc_root, tmp_path):
+    """The same for trainIds (ACDC's labels): 40 is neither a class (0..18) nor ignore (255)."""
+    import shutil
+
+    root = tmp_path / "acdc"
+    shutil.copytree(acdc_root, root)
+    ds = _build(dict(type="ACDCDataset", data_root=str(root), weather="fog", pipeline=PACK))
+    victim = ds.get_data_info(0)
+    labels = np.array(Image.open(victim["seg_map_path"]))
+    labels[0, 0] = 40
+    Image.fromarray(labels).save(victim["seg_map_path"])
+    skipped = ds[0]["data_samples"].metainfo["skipped_samples"]
+    assert {s["key"] for s in skipped} == {victim["key"]} and "[40] outside 0..18/255" in skipped[0]["reason"]
+
+
 def test_missing_shards_glob(tmp_path):
     with pytest.raises(DataError, match="no shard matches"):
         _build(dict(type="LumenShardDataset", shards=str(tmp_path / "*.tar"), pipeline=LOAD))

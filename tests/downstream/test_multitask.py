@@ -288,6 +288,27 @@ def test_bad_sample_is_recorded_and_training_goes_on(cs_root, tmp_path):
     assert summary["steps"] == 8 and (tmp_path / "run" / "latest.pt").is_file()
 
 
+def test_a_sample_with_out_of_range_label_ids_is_a_bad_item_not_a_crash(cs_root, tmp_path):
+    """labelIds holding 250: the multi-task dataset hands the trainer a ``bad`` item (logged to
+    bad_samples.jsonl, as the corrupt-disparity test above shows) instead of raising."""
+    import shutil
+
+    from PIL import Image
+
+    from downstream.multitask.data import MultitaskDataset
+
+    root = tmp_path / "cityscapes"
+    shutil.copytree(cs_root, root)
+    refs = list_refs("cityscapes", root, "train")
+    labels = np.array(Image.open(refs[0].paths["labelids"]))
+    labels[:4, :4] = 250
+    Image.fromarray(labels).save(refs[0].paths["labelids"])
+    ds = MultitaskDataset(refs, TargetSpec((64, 128), 4, CLASSES, 32))
+    key, reason = ds[0]["bad"]
+    assert key == refs[0].key and "values [250] are outside Cityscapes labelIds" in reason
+    assert "bad" not in ds[1]
+
+
 @pytest.mark.slow
 def test_cli_trains_all_three_tasks_and_evaluates(cs_root, tmp_path):
     """Real + synthetic, 120 steps on the test city: every loss falls, and the evaluation runs

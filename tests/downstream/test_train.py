@@ -95,3 +95,55 @@ def test_resume_refuses_a_planted_checkpoint(city_env, planted_checkpoint, tmp_p
         train(cfg)
     assert err.value.path == bad
     assert not marker.exists()
+
+
+def test_training_skips_and_records_a_sample_with_bad_label_ids(city_env, bad_label_shard, tmp_path):
+    """A synthetic sample whose labelIds hold 250 stopped training when drawn. Now the run ends
+    at max_iters and ``bad_samples.jsonl`` names it (drawn in a loader worker, recorded in the
+    main process)."""
+    from downstream.segformer.train import build_config, train
+
+    shard, _, bad = bad_label_shard
+    options = {
+        "train_dataloader.num_workers": 1,
+        "train_dataloader.persistent_workers": False,
+        "train_dataloader.batch_size": 2,
+    }
+    work = tmp_path / "run"
+    cfg = build_config(
+        CONFIG,
+        synth=str(shard),
+        ratio=0.5,
+        work_dir=work,
+        max_iters=2,
+        seed=0,
+        validate=False,
+        cfg_options=options,
+    )
+    runner = train(cfg)  # 2 of the 4 draws are synthetic: each of the 2 samples once
+    assert runner.iter == 2 and (work / "iter_2.pth").is_file()
+    lines = [json.loads(x) for x in (work / "bad_samples.jsonl").read_text().splitlines()]
+    assert len(lines) >= 1 and {x["key"] for x in lines} == {bad}
+    assert all(x["iter"] in (0, 1) and x["source"] == "synth" for x in lines)
+    assert "holds values [250] above 33" in lines[0]["reason"]
+    consumed = json.loads((work / "consumed_sources.json").read_text())
+    assert consumed["counts"] == {"real": 2, "synth": 2}  # the replacement keeps the ratio
+
+
+def test_a_resumed_run_lists_each_skipped_sample_once(tmp_path):
+    """bad_samples.jsonl keeps the iterations before the resumed checkpoint, drops those redone."""
+    from types import SimpleNamespace
+
+    from downstream.segformer.hooks import SkippedSampleHook
+
+    log = tmp_path / "bad_samples.jsonl"
+    log.write_text("".join(json.dumps({"iter": i, "key": f"k{i}"}) + "\n" for i in range(6)))
+    hook = SkippedSampleHook()
+    hook.before_train(SimpleNamespace(work_dir=str(tmp_path), iter=4))
+    assert [json.loads(x)["iter"] for x in log.read_text().splitlines()] == [0, 1, 2, 3]
+    runner = SimpleNamespace(iter=4, logger=SimpleNamespace(warning=lambda msg: None))
+    batch = {"data_samples": [{"skipped_samples": [{"key": "k4", "reason": "bad"}]}, {}]}
+    hook.after_train_iter(runner, 4, batch)
+    assert [json.loads(x)["key"] for x in log.read_text().splitlines()] == ["k0", "k1", "k2", "k3", "k4"]
+    hook.before_train(SimpleNamespace(work_dir=str(tmp_path), iter=0))  # a new run starts afresh
+    assert log.read_text() == ""
