@@ -31,13 +31,11 @@ from factory.data.cityscapes import list_cityscapes
 from factory.data.members import MAX_MEMBER_BYTES, member_name
 from factory.data.sample import DataError
 
+from .hooks import SKIPPED_KEY
 from .labels import CLASSES, PALETTE
 from .shards import LABELIDS_MEMBER, expand_shards, index_shards, read_meta
 
 METAINFO = dict(classes=CLASSES, palette=PALETTE)
-
-
-SKIPPED_KEY = "skipped_samples"  # metainfo of a replacement sample: the bad draws it replaced
 
 
 class _LumenSegDataset(BaseSegDataset):

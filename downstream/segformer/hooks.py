@@ -23,6 +23,8 @@ from mmseg.registry import HOOKS
 
 from factory.atomic import atomic_write_text
 
+SKIPPED_KEY = "skipped_samples"  # metainfo of a replacement sample: the bad draws it replaced
+
 
 def count_sources(data_samples: list[Any]) -> Counter:
     """Sources of one batch (SegDataSample objects or plain metainfo dicts)."""
@@ -96,7 +98,7 @@ def skipped_samples(data_samples: list[Any]) -> list[dict]:
     out: list[dict] = []
     for ds in data_samples:
         meta = ds if isinstance(ds, dict) else ds.metainfo
-        out.extend(meta.get("skipped_samples") or [])
+        out.extend(meta.get(SKIPPED_KEY) or [])
     return out
 
 

@@ -87,9 +87,12 @@ def check_plain_tar(path: str | Path) -> None:
 
     The first 512-byte header of a plain tar carries ``ustar`` at byte 257 (an empty tar is
     zeros); a compressed file starts with its format's magic instead (factory.data.members).
+    The tar magic is looked at first: a member name may begin like a compression magic.
     """
     with open(path, "rb") as f:
         head = f.read(512)
+    if head[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
+        return
     if len(head) == 512 and not head.strip(b"\0"):
         return  # an empty tar: its end-of-archive blocks only
     kind = compression_of(head)
@@ -100,8 +103,7 @@ def check_plain_tar(path: str | Path) -> None:
             "members, and a compressed one would be inflated whole before any size is checked",
             f"decompress it to a plain .tar, or {_FIX}",
         )
-    if head[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + len(TAR_MAGIC)] != TAR_MAGIC:
-        raise DataError(path, "not a ustar tar (its first header lacks the 'ustar' magic)", _FIX)
+    raise DataError(path, "not a ustar tar (its first header lacks the 'ustar' magic)", _FIX)
 
 
 def check_member_size(path: str | Path, name: str, size: int, max_member_bytes: int) -> None:

@@ -181,6 +181,14 @@ def test_a_file_that_is_no_tar_at_all_is_refused_by_name(small_city, tmp_path):
     assert err.value.path == bad
 
 
+def test_a_tar_whose_first_name_starts_like_a_compression_magic_is_still_a_tar(tmp_path):
+    """The ustar magic decides: a key beginning 'BZh9' (bzip2's magic) is a plain tar's name."""
+    w = ShardWriter(tmp_path / "shard-000000.tar")
+    w.add("BZh91AY", np.zeros((8, 16, 3), np.uint8), {}, {"source_key": "BZh91AY", "variant": "ref"})
+    w.close()
+    assert [r.key for r in list_shards(tmp_path, "train").refs] == ["BZh91AY"]
+
+
 def test_a_sample_without_image_or_a_duplicate_key_is_a_data_error(small_city, tmp_path):
     root = tmp_path / "shards"
     _write_shards(small_city, root)
