@@ -55,3 +55,41 @@ def ray_local() -> str:
     )
     yield f"http://{context.dashboard_url}"
     ray.shutdown()
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+@pytest.fixture
+def hostile_shard():
+    """Makers of shard files that must be refused before they are inflated or read:
+
+    - ``gzip(plain, path)``: ``plain`` tar bytes gzipped and padded with zeros to whole tar
+      blocks ending in an end-of-archive marker (gzip readers ignore zero padding), written to
+      ``path`` - a compressed file that passes the end-marker check;
+    - ``sparse(path, key, size)``: a valid tar whose ``<key>.png`` declares ``size`` bytes (a
+      sparse hole on disk, zeros when read) beside a small ``<key>.json``.
+    """
+    import gzip
+    from types import SimpleNamespace
+
+    def make_gzip(plain: bytes, path: Path) -> Path:
+        data = gzip.compress(plain)
+        data += b"\0" * (-len(data) % 512 + 1024)
+        path.write_bytes(data)
+        return path
+
+    def make_sparse(path: Path, key: str, size: int) -> Path:
+        with open(path, "wb") as f:
+            f.write(_tar_header(f"{key}.png", size))
+            f.seek(f.tell() + (size + 511) // 512 * 512)  # a hole: the member's data
+            f.write(_tar_header(f"{key}.json", 2) + b"{}".ljust(512, b"\0"))
+            f.write(b"\0" * 1024)  # end-of-archive marker
+        return path
+
+    return SimpleNamespace(gzip=make_gzip, sparse=make_sparse)

@@ -22,10 +22,11 @@ import cv2
 import numpy as np
 import torch
 
+from downstream.shard_manifest import check_shard_keys
 from factory.data.cityscapes import disparity_to_depth, list_cityscapes, load_sample
 from factory.data.labels import id_to_trainid
 from factory.data.sample import DataError, SampleRef
-from factory.data.shards import list_shards
+from factory.data.shards import list_shards, shard_paths
 
 from .geometry import BoxTargets, encode_boxes
 
@@ -46,11 +47,17 @@ class TargetSpec:
 
 def list_refs(kind: str, root: str | Path, split: str) -> list[SampleRef]:
     """``kind`` "cityscapes" (official folders) or "shards" (our webdataset shards) -> refs that
-    carry every label the multi-task network needs; a ref missing one is an error naming it."""
+    carry every label the multi-task network needs; a ref missing one is an error naming it.
+
+    Shards are also held to their job's manifest, when one sits beside them: a shard with fewer
+    (or other) samples than recorded is an error naming it (downstream.shard_manifest).
+    """
     if kind == "cityscapes":
         refs = list_cityscapes(root, split).refs
     elif kind == "shards":
         refs = list_shards(root, split).refs
+        for shard in shard_paths(root, split):
+            check_shard_keys(shard, [r.key for r in refs if r.meta["shard"] == str(shard)])
     else:
         raise ValueError(f"unknown sample source kind {kind!r}: use 'cityscapes' or 'shards'")
     for ref in refs:

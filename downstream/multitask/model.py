@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from downstream.checkpoints import install_mmengine_loader
 from downstream.segformer.labels import IGNORE_INDEX, NUM_CLASSES
 
 from .geometry import REG_DIMS
@@ -67,6 +68,7 @@ class MultiTaskNet(nn.Module):
                 "checkpoint for this size there, or set model.pretrained=null to start from random weights)"
             )
         init_cfg = dict(type="Pretrained", checkpoint=cfg.pretrained) if cfg.pretrained else None
+        install_mmengine_loader()  # mmengine reads the pretrained file with the safe loader
         self.encoder = MixVisionTransformer(
             embed_dims=cfg.embed_dims,
             num_layers=list(cfg.num_layers),

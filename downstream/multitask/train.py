@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from downstream.checkpoints import load_checkpoint
 from factory.atomic import atomic_torch_save
 from factory.config import check, load_config, to_dict
 from factory.data.sample import DataError
@@ -169,7 +170,7 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
     start = 0
     latest = out / "latest.pt"
     if resume and latest.is_file():
-        state = torch.load(latest, map_location="cpu", weights_only=True)
+        state = load_checkpoint(latest, allowed=())  # tensors and plain containers only
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])

@@ -9,31 +9,40 @@ data-info dicts with the same fields, so one loading pipeline (``LoadLumenImage`
 - ``shard_files``: for shards, ``{suffix: (shard, offset, size)}``;
 - ``label_encoding``: ``"labelIds"`` (converted to trainIds on the fly) or ``"trainIds"``;
 - ``key``, ``dataset``, ``weather``, ``source`` (``real``/``synth``: what the consumption log counts).
+
+In training, a sample that fails validation when drawn is skipped and recorded, and training
+goes on (``_LumenSegDataset.__getitem__``, ``hooks.SkippedSampleHook``); evaluation raises.
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+import logging
 from typing import Any
 
+from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
 from factory.data.acdc import WEATHERS as ACDC_WEATHERS
 from factory.data.acdc import list_acdc
 from factory.data.cityscapes import list_cityscapes
-from factory.data.members import member_name
+from factory.data.members import MAX_MEMBER_BYTES, member_name
 from factory.data.sample import DataError
 
+from .hooks import SKIPPED_KEY
 from .labels import CLASSES, PALETTE
-from .shards import LABELIDS_MEMBER, expand_shards, index_shard, read_meta
+from .shards import LABELIDS_MEMBER, expand_shards, index_shards, read_meta
 
 METAINFO = dict(classes=CLASSES, palette=PALETTE)
 
 
 class _LumenSegDataset(BaseSegDataset):
-    """Common base: Cityscapes' 19 classes; subclasses implement ``load_data_list``."""
+    """Common base: Cityscapes' 19 classes; subclasses implement ``load_data_list``.
+
+    In training, a sample whose files fail validation is skipped, not fatal (``__getitem__``).
+    """
 
     METAINFO = METAINFO
 
@@ -43,6 +52,53 @@ class _LumenSegDataset(BaseSegDataset):
 
     def _join_prefix(self) -> None:  # our datasets take explicit roots, no prefix joining
         return None
+
+    def __getitem__(self, idx: int) -> dict:
+        """Sample ``idx`` through the pipeline; in training a bad sample is replaced, not fatal.
+
+        A sample whose files fail validation (``DataError``: labelIds or trainIds out of range,
+        a map that is not what it claims, an image that does not decode) would otherwise stop a
+        long run whenever it is drawn. In training it is replaced by another sample of the same
+        dataset, drawn at random as mmengine does when a pipeline returns None, and named - key,
+        file, reason - in the replacement's metainfo ``skipped_samples``; ``SkippedSampleHook``
+        writes those to the work dir's ``bad_samples.jsonl``. Evaluation raises: a test set is
+        scored whole or not at all.
+        """
+        if self.test_mode:
+            return super().__getitem__(idx)
+        if not self._fully_initialized:
+            self.full_init()
+        skipped: list[dict[str, str]] = []
+        for _ in range(self.max_refetch + 1):
+            try:
+                data = self.prepare_data(idx)
+            except DataError as e:
+                info = self.get_data_info(idx)
+                skipped.append(
+                    {
+                        "key": str(info.get("key")),
+                        "source": self.source,
+                        "path": str(e.path),
+                        "reason": str(e),
+                    }
+                )
+                print_log(
+                    f"skipped bad training sample {info.get('key')!r}: {e}",
+                    logger="current",
+                    level=logging.WARNING,
+                )
+                data = None
+            if data is not None:
+                if skipped and "data_samples" in data:
+                    data["data_samples"].set_metainfo({SKIPPED_KEY: skipped})
+                return data
+            idx = self._rand_another()
+        raise DataError(
+            skipped[-1]["path"] if skipped else self.source,
+            f"no valid {self.source} training sample after {self.max_refetch + 1} draws "
+            f"({len(skipped)} failed validation, the last: {skipped[-1]['reason'] if skipped else '-'})",
+            "fix or remove the bad samples (see bad_samples.jsonl in the work dir)",
+        )
 
 
 @DATASETS.register_module()
@@ -124,40 +180,48 @@ class ACDCDataset(_LumenSegDataset):
 class LumenShardDataset(_LumenSegDataset):
     """Our webdataset shards (real references or synthetic variants, one schema): image
     ``<key>.png|jpg|webp``, labels ``<key>.labelids.png`` (labelIds), metadata ``<key>.json``.
-    A synthetic image smaller than its labels is resized up to them by ``LoadLumenImage``."""
+    A synthetic image smaller than its labels is resized up to them by ``LoadLumenImage``.
+    ``max_member_bytes`` bounds one member's declared size (checked before reading it); a shard
+    whose samples differ from its job's manifest, or a key in two shards, is an error
+    (``index_shards``)."""
 
     def __init__(
-        self, shards: str | list[str], source: str = "synth", limit: int | None = None, **kwargs: Any
+        self,
+        shards: str | list[str],
+        source: str = "synth",
+        limit: int | None = None,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
+        **kwargs: Any,
     ):
         self.shards = shards
         self.limit = limit
+        self.max_member_bytes = max_member_bytes
         super().__init__(source=source, data_root=None, **kwargs)
 
     def load_data_list(self) -> list[dict]:
         out = []
-        for path in expand_shards(self.shards):
-            for s in index_shard(path):
-                meta = read_meta(s)
-                files = {suf: (m.shard, m.offset, m.size) for suf, m in s.files.items()}
-                out.append(
-                    dict(
-                        img_path=f"{path}#{s.key}",
-                        seg_map_path=f"{path}#{member_name(s.key, LABELIDS_MEMBER)}",
-                        shard_files=files,
-                        image_suffix=s.image_suffix,
-                        label_encoding="labelIds",
-                        key=s.key,
-                        dataset="shards",
-                        weather=str(meta.get("variant", "clear")),
-                        source_key=str(meta.get("source_key", s.key)),
-                        source=self.source,
-                        seg_fields=[],
-                        reduce_zero_label=False,
-                        label_map=None,
-                    )
+        for s in index_shards(expand_shards(self.shards), self.max_member_bytes):
+            meta = read_meta(s)
+            files = {suf: (m.shard, m.offset, m.size) for suf, m in s.files.items()}
+            out.append(
+                dict(
+                    img_path=f"{s.shard}#{s.key}",
+                    seg_map_path=f"{s.shard}#{member_name(s.key, LABELIDS_MEMBER)}",
+                    shard_files=files,
+                    image_suffix=s.image_suffix,
+                    label_encoding="labelIds",
+                    key=s.key,
+                    dataset="shards",
+                    weather=str(meta.get("variant", "clear")),
+                    source_key=str(meta.get("source_key", s.key)),
+                    source=self.source,
+                    seg_fields=[],
+                    reduce_zero_label=False,
+                    label_map=None,
                 )
-                if self.limit is not None and len(out) >= self.limit:
-                    return out
+            )
+            if self.limit is not None and len(out) >= self.limit:
+                return out
         return out
 
 

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from downstream.checkpoints import load_checkpoint
+
 from .labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, trainids_to_labelids
 
 
@@ -134,7 +136,11 @@ def eval_dataset_cfgs(cfg: Any) -> dict[str, dict]:
 def evaluate_checkpoint(
     config: str | Path, checkpoint: str | Path, *, device: str = "auto"
 ) -> dict[str, float]:
-    """mIoU of a trained checkpoint on the config's CS test set and each ACDC weather."""
+    """mIoU of a trained checkpoint on the config's CS test set and each ACDC weather.
+
+    The checkpoint is loaded without running any pickled code (``downstream.checkpoints``): a
+    file that asks for more than tensors and mmengine's training state is refused by name.
+    """
     import torch
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -145,10 +151,9 @@ def evaluate_checkpoint(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = MODELS.build(cfg.model)
-    # torch >= 2.6 loads weights_only by default, which refuses mmengine's checkpoints (they hold
-    # the message hub's HistoryBuffer). Ours are trusted files from this project: load fully,
-    # then take the state dict only.
-    state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    # mmengine's checkpoints hold its message hub (HistoryBuffer, numpy arrays) besides the
+    # weights: the safe loader accepts exactly those, and refuses any other pickled object.
+    state = load_checkpoint(checkpoint)
     model.load_state_dict(state.get("state_dict", state))
     model.to(device)
     return {

@@ -1,9 +1,14 @@
-"""Count what training actually consumed from each source, from the batches the model received.
+"""Count what training actually consumed from each source, and what it skipped as bad, from the
+batches the model received.
 
 The count is taken in the main process from each batch's ``data_samples`` metainfo (field
 ``source``, packed by ``PackSegInputs(meta_keys=...)``), i.e. after the workers, the sampler
 and collation: it proves that every declared source reached the model and in which proportion.
 It is logged every ``interval`` iterations and written to ``<work_dir>/consumed_sources.json``.
+
+Skipped samples travel the same way: a dataset that replaced a bad draw (downstream.segformer.
+datasets) names it in the replacement's metainfo ``skipped_samples``, whichever worker decoded
+it, and ``SkippedSampleHook`` appends one line per skip to ``<work_dir>/bad_samples.jsonl``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
 from factory.atomic import atomic_write_text
+
+SKIPPED_KEY = "skipped_samples"  # metainfo of a replacement sample: the bad draws it replaced
 
 
 def count_sources(data_samples: list[Any]) -> Counter:
@@ -83,4 +90,59 @@ class SourceCountHook(Hook):
         if missing and rep["total"] >= 2 * len(self.declared):
             raise RuntimeError(
                 f"training consumed nothing from source(s) {missing} (counts {dict(self.counts)}); see {path}"
+            )
+
+
+def skipped_samples(data_samples: list[Any]) -> list[dict]:
+    """The bad draws a batch's samples replaced (their ``skipped_samples`` metainfo)."""
+    out: list[dict] = []
+    for ds in data_samples:
+        meta = ds if isinstance(ds, dict) else ds.metainfo
+        out.extend(meta.get(SKIPPED_KEY) or [])
+    return out
+
+
+@HOOKS.register_module()
+class SkippedSampleHook(Hook):
+    """Writes each training sample skipped as bad to ``<work_dir>/<out_file>`` (JSON lines:
+    iteration, key, source, file, reason) and logs how many were skipped.
+
+    The file is started fresh by a new run; a resumed run keeps the lines of the iterations
+    before its checkpoint and drops those it redoes, so nothing is listed twice.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, out_file: str = "bad_samples.jsonl") -> None:
+        self.out_file = out_file
+        self.count = 0
+
+    def before_train(self, runner) -> None:
+        self.path = Path(runner.work_dir) / self.out_file
+        kept = []
+        if self.path.is_file():
+            kept = [
+                x for x in self.path.read_text().splitlines() if x and json.loads(x)["iter"] < runner.iter
+            ]
+        atomic_write_text(self.path, "".join(x + "\n" for x in kept))
+        self.count = len(kept)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        if data_batch is None:
+            return
+        bad = skipped_samples(data_batch["data_samples"])
+        if not bad:
+            return
+        self.count += len(bad)
+        with self.path.open("a") as f:
+            for b in bad:
+                f.write(json.dumps({"iter": runner.iter, **b}) + "\n")
+        runner.logger.warning(
+            f"skipped {len(bad)} bad sample(s) at iter {runner.iter} ({self.count} so far, see {self.path})"
+        )
+
+    def after_train(self, runner) -> None:
+        if self.count:
+            runner.logger.warning(
+                f"training skipped {self.count} bad sample draw(s); they are listed in {self.path}"
             )

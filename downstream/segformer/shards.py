@@ -5,6 +5,11 @@ webdataset tar is a stream. A tar member's data sits at a fixed byte offset, so 
 each shard's headers at start-up gives an index ``key -> {suffix: (offset, size)}``; reading a
 sample is then one seek and read per file. Shards are never modified after their rename
 (DESIGN.md), so the index stays valid for the run.
+
+Indexing trusts nothing it has not checked (the checks live in factory.data.shards, shared
+with the factory's reader): a compressed or truncated file, or a member whose header declares
+more than ``max_member_bytes``, is refused before a byte of data is read; ``index_shards``
+also holds each shard to its job's manifest and refuses a key found in two shards.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from downstream.shard_manifest import check_shard_keys
 from factory.data.members import IMAGE_SUFFIXES as WRITTEN_IMAGE_SUFFIXES
-from factory.data.members import LABEL_MEMBERS, META_MEMBER, member_name, split_member
+from factory.data.members import LABEL_MEMBERS, MAX_MEMBER_BYTES, META_MEMBER, member_name, split_member
 from factory.data.sample import DataError
+from factory.data.shards import check_complete, check_member_size, check_plain_tar
 
 # the suffixes our writer uses (factory.data.members), plus ".jpeg" from other webdataset tools
 IMAGE_SUFFIXES = (*WRITTEN_IMAGE_SUFFIXES, "jpeg")
@@ -72,14 +79,22 @@ def expand_shards(shards: str | list[str] | tuple[str, ...]) -> list[str]:
     return paths
 
 
-def index_shard(path: str) -> list[ShardSample]:
-    """Read a shard's tar headers once; group members by key (the name before the first '.')."""
+def index_shard(path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> list[ShardSample]:
+    """Read a shard's tar headers once; group members by key (the name before the first '.').
+
+    Refused before any member is read, naming the shard: a compressed file (``check_plain_tar``),
+    a tar without its end-of-archive marker (``check_complete``), a member whose header
+    declares more than ``max_member_bytes``.
+    """
     samples: dict[str, ShardSample] = {}
+    check_plain_tar(path)
+    check_complete(Path(path))
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
                 if not m.isfile():
                     continue
+                check_member_size(path, m.name, m.size, max_member_bytes)
                 name = Path(m.name).name
                 if "." not in name:
                     continue
@@ -100,6 +115,32 @@ def index_shard(path: str) -> list[ShardSample]:
             )
         _ = s.image_suffix
     return list(samples.values())
+
+
+def index_shards(paths: list[str], max_member_bytes: int = MAX_MEMBER_BYTES) -> list[ShardSample]:
+    """``index_shard`` over ``paths``, then the checks across and beyond single shards:
+
+    - each shard holds exactly the samples its job's manifest records as ok, when a manifest
+      sits beside the shards (downstream.shard_manifest): a tar cut at a member boundary is a
+      valid tar with fewer samples, which only the record reveals;
+    - no key is in two shards (it would be drawn twice as often), naming both shards.
+    """
+    where: dict[str, str] = {}
+    out: list[ShardSample] = []
+    for path in paths:
+        samples = index_shard(path, max_member_bytes)
+        check_shard_keys(path, [s.key for s in samples])
+        for s in samples:
+            if s.key in where:
+                raise DataError(
+                    path,
+                    f"sample {s.key!r} is also in {where[s.key]}",
+                    "list each sample in one shard only (two jobs' shards in one glob, or one shard "
+                    "matched by two patterns?)",
+                )
+            where[s.key] = path
+        out.extend(samples)
+    return out
 
 
 def read_member(m: ShardMember) -> bytes:

@@ -147,45 +147,21 @@ def build_config(
     return cfg
 
 
-def mmengine_checkpoint_globals() -> list[Any]:
-    """The non-tensor objects pickled in mmengine's own training checkpoints.
-
-    torch >= 2.6 loads with ``weights_only=True``, which refuses them, so mmengine 0.10's
-    resume fails (open-mmlab/mmengine#1655). Allow-listing exactly these - the message hub's
-    HistoryBuffer and the numpy arrays, dtypes and scalars it holds - keeps the safe loader on,
-    which ``weights_only=False`` would not.
-    """
-    import builtins
-
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-
-    # numpy 2 stubs have no np.core (numpy < 2 has no np._core)
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # type: ignore[attr-defined]
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    return [
-        HistoryBuffer,
-        np.ndarray,
-        np.dtype,
-        multiarray._reconstruct,
-        multiarray.scalar,
-        builtins.getattr,  # how numpy pickles its dtype classes
-        *dtypes,
-    ]
-
-
 def train(cfg: Any) -> Any:
     """Build the mmengine Runner from ``cfg``, train, and return the runner (model inside).
 
     With ``cfg.resume`` the latest checkpoint of ``cfg.work_dir`` is loaded first (model,
     optimizer, schedulers, iteration, message hub); training then runs to ``max_iters``.
+    mmengine reads it (and ``load_from``, and pretrained weights) with the safe loader of
+    downstream.checkpoints, so a planted pickle is refused, naming the file, before it runs.
     """
-    import torch
     from mmengine.runner import Runner
 
+    from downstream.checkpoints import install_mmengine_loader
+
+    install_mmengine_loader()  # configs import downstream.segformer.register, which did it too
     runner = Runner.from_cfg(cfg)
-    with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
-        runner.train()
+    runner.train()
     return runner
 
 

@@ -14,6 +14,12 @@ every reader (factory.data.shards, downstream.segformer.shards) take the suffixe
 
 ``read_shard_samples`` iterates the raw members with stock webdataset, so the format is read
 the way anyone else's tools would read it.
+
+A shard is a plain (uncompressed) ustar tar: readers seek to a member's bytes, and check every
+member's size in its header before reading it (``MAX_MEMBER_BYTES``). A compressed file named
+``.tar`` would be inflated whole by webdataset (it decompresses transparently) before any size
+is known - a 205 KB gzip took a reader from 233 to 981 MB - so readers refuse it by its magic
+bytes (``compression_of``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,30 @@ MEMBER_KINDS: dict[str, str] = {suffix: kind for kind, suffix in LABEL_MEMBERS.i
 META_MEMBER = "json"
 LAYOUT_MEMBER = "layout.npy"
 AGREE_MEMBER = "agree.png"
+
+
+# The first bytes of the compressed formats webdataset/tarfile would inflate transparently.
+COMPRESSION_MAGIC: dict[bytes, str] = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x04\x22\x4d\x18": "lz4",
+}
+# A plain tar's first header carries this magic at byte 257 (ustar, GNU and pax formats).
+TAR_MAGIC_OFFSET = 257
+TAR_MAGIC = b"ustar"
+# The largest member a reader accepts by default: a sample file is a few MB (a 1024x2048 PNG is
+# 2-6 MB, its 16-bit disparity 1-3 MB); 64 MiB leaves room for uncompressed 4K images.
+MAX_MEMBER_BYTES = 64 * 2**20
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression format whose magic ``head`` (a file's first bytes) starts with, or None."""
+    for magic, name in COMPRESSION_MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return None
 
 
 def member_name(key: str, suffix: str) -> str:
@@ -69,12 +99,17 @@ def read_shard_samples(paths: Sequence[str | Path]) -> Iterator[dict[str, Any]]:
 
 __all__ = [
     "AGREE_MEMBER",
+    "COMPRESSION_MAGIC",
     "IMAGE_SUFFIXES",
     "LABEL_MEMBERS",
     "LAYOUT_MEMBER",
+    "MAX_MEMBER_BYTES",
     "MEMBER_KINDS",
     "META_MEMBER",
+    "TAR_MAGIC",
+    "TAR_MAGIC_OFFSET",
     "ImageFormat",
+    "compression_of",
     "member_name",
     "read_shard_samples",
     "split_member",

@@ -14,6 +14,10 @@ each shard once into a folder of plain files and point the refs there:
 - Members are read with stock ``webdataset`` (``factory.data.members.read_shard_samples``, the
   format's own reader); member names are kept (``<key>.png``, ``<key>.labelids.png``, ...), so
   the extracted label files are the shard's bytes.
+- Nothing is inflated or read before it is checked: webdataset decompresses a gzip/bz2/xz file
+  transparently and reads each member whole into memory, so a compressed file named ``.tar``
+  (``check_plain_tar``: magic bytes) and a member larger than ``max_member_bytes``
+  (``check_member_sizes``: tar headers only) are refused first, naming the file.
 
 Cost: the disk space of the shards once more. Datasets too big for that should be read by
 random access into the tar (downstream.segformer.shards does so for training).
@@ -32,7 +36,17 @@ import tarfile
 from pathlib import Path
 from typing import Any, Literal
 
-from factory.data.members import IMAGE_SUFFIXES, MEMBER_KINDS, META_MEMBER, member_name, read_shard_samples
+from factory.data.members import (
+    IMAGE_SUFFIXES,
+    MAX_MEMBER_BYTES,
+    MEMBER_KINDS,
+    META_MEMBER,
+    TAR_MAGIC,
+    TAR_MAGIC_OFFSET,
+    compression_of,
+    member_name,
+    read_shard_samples,
+)
 from factory.data.sample import BadSample, DataError, ReadResult, SampleRef, check_key
 
 OnError = Literal["raise", "skip"]
@@ -68,23 +82,71 @@ def check_complete(path: Path) -> None:
             raise DataError(path, "truncated tar (no end-of-archive marker)", _FIX)
 
 
+def check_plain_tar(path: str | Path) -> None:
+    """Refuse a file that is not an uncompressed tar before anything inflates or reads it.
+
+    The first 512-byte header of a plain tar carries ``ustar`` at byte 257 (an empty tar is
+    zeros); a compressed file starts with its format's magic instead (factory.data.members).
+    The tar magic is looked at first: a member name may begin like a compression magic.
+    """
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
+        return
+    if len(head) == 512 and not head.strip(b"\0"):
+        return  # an empty tar: its end-of-archive blocks only
+    kind = compression_of(head)
+    if kind is not None:
+        raise DataError(
+            path,
+            f"{kind}-compressed data named like a tar: shards are plain tars, read by seeking to "
+            "members, and a compressed one would be inflated whole before any size is checked",
+            f"decompress it to a plain .tar, or {_FIX}",
+        )
+    raise DataError(path, "not a ustar tar (its first header lacks the 'ustar' magic)", _FIX)
+
+
+def check_member_size(path: str | Path, name: str, size: int, max_member_bytes: int) -> None:
+    """Refuse a member whose header declares more than ``max_member_bytes`` (before reading it)."""
+    if size > max_member_bytes:
+        raise DataError(
+            path,
+            f"member {name!r} declares {size} bytes, above the {max_member_bytes}-byte limit for "
+            "one sample file (a sample's image or label is a few MB)",
+            f"{_FIX}; if members this large are intended, raise max_member_bytes",
+        )
+
+
+def check_member_sizes(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+    """``check_member_size`` for every member, from the tar headers alone (data is skipped)."""
+    with tarfile.open(path, "r:") as tar:
+        for m in tar:
+            check_member_size(path, m.name, m.size, max_member_bytes)
+
+
 def extraction_dir(shard: Path, cache: Path) -> Path:
     """Where ``shard`` is extracted: named after the shard's size and mtime (a rewrite = new name)."""
     st = shard.stat()
     return cache / f"{shard.stem}-{st.st_size}-{st.st_mtime_ns}"
 
 
-def extract_shard(shard: Path, cache: Path) -> Path:
-    """Extract ``shard``'s members into their own folder (once) and return that folder."""
+def extract_shard(shard: Path, cache: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Path:
+    """Extract ``shard``'s members into their own folder (once) and return that folder.
+
+    Before webdataset reads a byte: a plain tar (``check_plain_tar``), complete
+    (``check_complete``), no member above ``max_member_bytes`` (``check_member_sizes``).
+    """
     final = extraction_dir(shard, cache)
     if (final / ".complete").is_file():
         return final
+    check_plain_tar(shard)
     check_complete(shard)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        check_member_sizes(shard, max_member_bytes)
         keys: list[str] = []
         for sample in read_shard_samples([shard]):
             key = sample["__key__"]
@@ -167,13 +229,19 @@ def _refs_from(folder: Path, shard: Path, split: str) -> list[SampleRef]:
 
 
 def list_shards(
-    root: str | Path, split: str = "train", *, on_error: OnError = "raise", cache: str | Path | None = None
+    root: str | Path,
+    split: str = "train",
+    *,
+    on_error: OnError = "raise",
+    cache: str | Path | None = None,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> ReadResult:
     """Every sample of the shards under ``root`` (see module doc) as SampleRefs, sorted by key.
 
-    A corrupt or truncated shard, a sample without image or metadata, or a key found in two
-    shards raises ``DataError`` naming the shard (``on_error="skip"``: the shard, or the
-    duplicate, is reported in ``ReadResult.bad`` and the rest is listed).
+    A corrupt, compressed or truncated shard, a member above ``max_member_bytes``, a sample
+    without image or metadata, or a key found in two shards raises ``DataError`` naming the
+    shard (``on_error="skip"``: the shard, or the duplicate, is reported in ``ReadResult.bad``
+    and the rest is listed).
     """
     paths = shard_paths(root, split)
     cache_dir = Path(cache) if cache is not None else paths[0].parent / ".extracted"
@@ -181,7 +249,7 @@ def list_shards(
     bad: list[BadSample] = []
     for shard in paths:
         try:
-            found = _refs_from(extract_shard(shard, cache_dir), shard, split)
+            found = _refs_from(extract_shard(shard, cache_dir, max_member_bytes), shard, split)
         except DataError as e:
             if on_error == "raise":
                 raise
@@ -202,4 +270,12 @@ def list_shards(
     return ReadResult([refs[k] for k in sorted(refs)], bad)
 
 
-__all__ = ["check_complete", "extract_shard", "list_shards", "shard_paths"]
+__all__ = [
+    "check_complete",
+    "check_member_size",
+    "check_member_sizes",
+    "check_plain_tar",
+    "extract_shard",
+    "list_shards",
+    "shard_paths",
+]

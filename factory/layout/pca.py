@@ -3,7 +3,10 @@
 Fitting (NEURAL_LAYOUT.md): accumulate the sum and the sum of outer products in float64, form the
 covariance, ``eigh``, keep the top N, fix each component's sign so its largest-magnitude loading
 is positive. Mean-centring only; applying divides each component by sqrt(eigenvalue), so the
-ControlNet sees unit-variance channels.
+ControlNet sees unit-variance channels - so every kept eigenvalue must be > 0: a fit whose
+sample spans fewer dimensions than requested is refused, and so is an artifact file with a
+zero, negative or non-finite value, an integer dtype or tensors whose lengths disagree with each
+other or with the sidecar (``artifact_problems``, checked by ``PCAArtifact.load``).
 
 Reproducibility: which vectors are drawn depends only on (seed, sample key, grid size), never on
 batch composition or worker count (``sample_counts`` / ``sample_positions``), and ``fit_pca``
@@ -120,7 +123,16 @@ class StreamingPCA:
         cov = (cov + cov.T) / 2  # exact symmetry for eigh
         evals, evecs = torch.linalg.eigh(cov.cpu())
         order = torch.arange(len(evals) - 1, len(evals) - 1 - n_components, -1)
-        evals = evals[order].clamp_min(0)
+        evals = evals[order]
+        # A component without variance (zero up to rounding, relative to the largest) would be
+        # divided by sqrt(~0) in apply: refuse it here, as load refuses a zero eigenvalue.
+        has_variance = evals > max(float(evals[0]), 0.0) * 1e-12
+        if not has_variance.all():
+            raise LayoutError(
+                f"only {int(has_variance.sum())} of the {n_components} requested PCA components have "
+                f"variance (the {n} sampled vectors span fewer dimensions); fix: sample more "
+                "vectors (layout.pca_samples) or lower layout.n_components"
+            )
         comps = evecs[:, order].T.contiguous()  # (N, C)
         # sign rule: the largest-magnitude loading of each component is positive
         pivot = comps.abs().argmax(dim=1)
@@ -147,6 +159,67 @@ def fit_pca(
     # The fitted keys are recorded so a benchmark can prove no test image (ACDC) shaped the PCA.
     info.setdefault("fit_keys", keys)
     return pca.fit(n_components, info)
+
+
+def artifact_problems(
+    mean: torch.Tensor,
+    components: torch.Tensor,
+    eigenvalues: torch.Tensor,
+    sidecar: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """What is wrong with a PCA's tensors (empty list: nothing), for ``PCAArtifact.load``.
+
+    A usable PCA has floating-point tensors, mean (C,), components (N, C) and eigenvalues (N,)
+    with N, C >= 1, as many components as the sidecar records (``n_components``, ``channels``,
+    ``eigenvalues``), only finite values, and every eigenvalue (explained variance) > 0 -
+    ``apply`` divides by its square root.
+    """
+    tensors = {"mean": mean, "components": components, "eigenvalues": eigenvalues}
+    wrong_dtype = [
+        f"{k} has dtype {t.dtype}, not floating point"
+        for k, t in tensors.items()
+        if not t.is_floating_point()
+    ]
+    if wrong_dtype:
+        return wrong_dtype
+    dims = {"mean": 1, "components": 2, "eigenvalues": 1}
+    wrong_rank = [
+        f"{k} has shape {tuple(t.shape)}, expected {dims[k]} dimension(s)"
+        for k, t in tensors.items()
+        if t.ndim != dims[k]
+    ]
+    if wrong_rank:
+        return wrong_rank
+    problems = []
+    n, c = components.shape
+    if n < 1 or c < 1:
+        problems.append(f"components has shape {tuple(components.shape)}: no components or channels")
+    if mean.shape[0] != c:
+        problems.append(f"mean has {mean.shape[0]} channels but components have {c}")
+    if eigenvalues.shape[0] != n:
+        problems.append(f"{eigenvalues.shape[0]} eigenvalues for {n} components")
+    side = sidecar or {}
+    recorded = {"n_components": n, "channels": c}
+    if "eigenvalues" in side:
+        recorded["eigenvalues"] = n
+    for key, actual in recorded.items():
+        if key in side:
+            value = side[key]
+            count = len(value) if key == "eigenvalues" and isinstance(value, list) else value
+            if count != actual:
+                problems.append(f"the sidecar records {key} {count!r} but the tensors hold {actual}")
+    for k, t in tensors.items():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            problems.append(f"{k} holds {bad} NaN/inf value(s)")
+    finite = eigenvalues[torch.isfinite(eigenvalues)]
+    if (finite <= 0).any():
+        idx = [i for i, v in enumerate(eigenvalues.tolist()) if v <= 0]
+        problems.append(
+            f"eigenvalue(s) {idx[:5]} are {[eigenvalues[i].item() for i in idx[:5]]}: explained "
+            "variance must be > 0 (each channel is divided by its square root)"
+        )
+    return problems
 
 
 # The artifact's two files: ``<name>.safetensors`` (mean, components, eigenvalues) and
@@ -216,6 +289,12 @@ class PCAArtifact:
 
     @classmethod
     def load(cls, path: str | Path) -> PCAArtifact:
+        """Read the artifact's two files and refuse one that would give wrong layouts.
+
+        Everything ``apply`` relies on is checked (``artifact_problems``): a NaN, a zero
+        eigenvalue or a tensor of the wrong length does not fail there - it gives NaN layouts or
+        broadcasts silently - so it must fail here, naming the file.
+        """
         st_path, json_path = pca_files(path)
         for p in (st_path, json_path):
             if not p.is_file():
@@ -231,6 +310,13 @@ class PCAArtifact:
             raise LayoutError(f"{st_path}: cannot read the PCA artifact ({e}); fix: refit it") from e
         if sidecar.get("format") != "lumen-pca" or set(tensors) != {"mean", "components", "eigenvalues"}:
             raise LayoutError(f"{st_path}: not a LUMEN PCA artifact; fix: refit it")
+        problems = artifact_problems(tensors["mean"], tensors["components"], tensors["eigenvalues"], sidecar)
+        if problems:
+            raise LayoutError(
+                f"{st_path}: invalid PCA artifact ({'; '.join(problems)}); fix: refit it with the "
+                "layout extraction job (python -m factory.jobs.extract_layouts), which rewrites "
+                f"both {st_path.name} and {json_path.name}"
+            )
         meta = {
             k: v
             for k, v in sidecar.items()
@@ -273,6 +359,7 @@ class PCAArtifact:
 
 __all__ = [
     "PCAArtifact",
+    "artifact_problems",
     "StreamingPCA",
     "draw_vectors",
     "fit_pca",

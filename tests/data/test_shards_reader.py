@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from factory.data.cityscapes import list_cityscapes, load_sample
 from factory.data.datasets import DatasetConfig, list_samples
+from factory.data.members import MAX_MEMBER_BYTES
 from factory.data.sample import DataError
 from factory.data.shards import list_shards
 from factory.shards import ShardWriter, label_files
@@ -118,6 +121,72 @@ def test_a_corrupt_shard_is_a_data_error_naming_it_or_skipped(small_city, tmp_pa
     assert [r.key for r in result.refs] == [k for k in sorted(written) if "__" not in k]
     assert [b.path for b in result.bad] == [bad] and problem in result.bad[0].reason
     assert not [p for p in (root / ".extracted").iterdir() if p.name.startswith("shard-000000")]
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_compressed_shard_is_refused_before_it_is_inflated(small_city, tmp_path, hostile_shard):
+    """A gzip named .tar, padded so that it ends like a tar: webdataset inflated it whole (here a
+    32 MiB member from a ~33 KB file). Refused by its magic bytes, nothing extracted."""
+    root = tmp_path / "shards"
+    written = _write_shards(small_city, root)
+    bad = root / "shard-000000.tar"
+    bomb = _tar_bytes({"bomb.png": bytes(32 * 2**20), "bomb.json": b"{}"})
+    hostile_shard.gzip(bomb, bad)
+    assert bad.stat().st_size < 100_000
+    with pytest.raises(DataError, match="gzip-compressed data named like a tar") as err:
+        list_shards(root, "train")
+    assert err.value.path == bad and "decompress it" in str(err.value)
+    assert not [
+        p for p in (root / ".extracted").glob("*") if p.name.startswith(("shard-000000", ".shard-000000"))
+    ]
+    skipped = list_shards(root, "train", on_error="skip")
+    assert [b.path for b in skipped.bad] == [bad]
+    assert [r.key for r in skipped.refs] == [k for k in sorted(written) if "__" not in k]
+
+
+def test_a_member_above_the_size_limit_is_refused_before_it_is_read(small_city, tmp_path, hostile_shard):
+    """A tar member's header states its size: one above ``max_member_bytes`` (64 MiB by default)
+    is refused from the header, before webdataset would read it whole into memory."""
+    root = tmp_path / "shards"
+    _write_shards(small_city, root)
+    bad = hostile_shard.sparse(root / "shard-000002.tar", "huge", MAX_MEMBER_BYTES + 1)
+    limit = (
+        rf"member 'huge.png' declares {MAX_MEMBER_BYTES + 1} bytes, above the {MAX_MEMBER_BYTES}-byte limit"
+    )
+    with pytest.raises(DataError, match=limit) as err:
+        list_shards(root, "train")
+    assert err.value.path == bad and "raise max_member_bytes" in str(err.value)
+    bad.unlink()
+    with pytest.raises(DataError, match="above the 100-byte limit"):  # the limit is a knob
+        list_shards(root, "train", cache=tmp_path / "other_cache", max_member_bytes=100)
+    assert len(list_shards(root, "train").refs) == 3
+
+
+def test_a_file_that_is_no_tar_at_all_is_refused_by_name(small_city, tmp_path):
+    root = tmp_path / "shards"
+    _write_shards(small_city, root)
+    bad = root / "shard-000000.tar"
+    bad.write_bytes(b"PK\x03\x04" + bytes(10236))  # a zip's magic, whole tar blocks, zero tail
+    with pytest.raises(DataError, match="not a ustar tar") as err:
+        list_shards(root, "train")
+    assert err.value.path == bad
+
+
+def test_a_tar_whose_first_name_starts_like_a_compression_magic_is_still_a_tar(tmp_path):
+    """The ustar magic decides: a key beginning 'BZh9' (bzip2's magic) is a plain tar's name."""
+    w = ShardWriter(tmp_path / "shard-000000.tar")
+    w.add("BZh91AY", np.zeros((8, 16, 3), np.uint8), {}, {"source_key": "BZh91AY", "variant": "ref"})
+    w.close()
+    assert [r.key for r in list_shards(tmp_path, "train").refs] == ["BZh91AY"]
 
 
 def test_a_sample_without_image_or_a_duplicate_key_is_a_data_error(small_city, tmp_path):

@@ -123,6 +123,124 @@ def test_trainids_heuristic_without_255():
     assert set(np.unique(labelids_to_trainids(real))) == {0, 10}
 
 
+def test_a_compressed_or_oversized_shard_is_refused_before_it_is_read(ref_shards, tmp_path, hostile_shard):
+    """Indexing refuses, naming the file: a gzip named .tar (by its magic bytes, not a vague
+    'invalid header'), and a member whose header declares more than ``max_member_bytes`` -
+    before any member is read (the sparse 64 MiB + 1 member is never touched)."""
+    from factory.data.members import MAX_MEMBER_BYTES
+
+    gz = hostile_shard.gzip(ref_shards[0].read_bytes(), tmp_path / "gz.tar")
+    with pytest.raises(DataError, match=r"gz\.tar: gzip-compressed data named like a tar"):
+        _build(dict(type="LumenShardDataset", shards=str(gz), pipeline=LOAD))
+    huge = hostile_shard.sparse(tmp_path / "huge.tar", "k_000000_000001__fog", MAX_MEMBER_BYTES + 1)
+    with pytest.raises(DataError, match=r"huge\.tar: member 'k_000000_000001__fog\.png' declares"):
+        _build(dict(type="LumenShardDataset", shards=str(huge), pipeline=LOAD))
+    with pytest.raises(DataError, match="above the 1000-byte limit"):  # the limit is a knob
+        _build(
+            dict(type="LumenShardDataset", shards=str(ref_shards[0]), max_member_bytes=1000, pipeline=LOAD)
+        )
+
+
+def _job_shards(cs_root: Path, out: Path, per_shard: int = 3) -> list[Path]:
+    """The city's train references written as a job writes them: ``out/shards/shard-NNNNNN.tar``."""
+    from factory.data.cityscapes import list_cityscapes
+    from factory.shards import ShardWriter, label_files
+
+    refs = list_cityscapes(cs_root, "train").refs
+    paths = []
+    for i in range(0, len(refs), per_shard):
+        paths.append(out / "shards" / f"shard-{i // per_shard:06d}.tar")
+        w = ShardWriter(paths[-1])
+        for ref in refs[i : i + per_shard]:
+            image = np.asarray(Image.open(ref.paths["image"]).convert("RGB"))
+            w.add(f"{ref.key}__fog", image, label_files(ref), {"source_key": ref.key, "variant": "fog"})
+        w.close()
+    return paths
+
+
+def test_a_shard_cut_at_a_member_boundary_is_refused_against_its_manifest(cs_root, tmp_path, job_record):
+    """A valid but shorter tar (cut at a member boundary, end marker added) was used with the
+    samples it still had; its manifest part records one more: an error naming the shard."""
+    shards = _job_shards(cs_root, tmp_path / "out")
+    for shard in shards:
+        job_record.record(shard)
+    glob = str(tmp_path / "out" / "shards" / "*.tar")
+    assert len(_build(dict(type="LumenShardDataset", shards=glob, pipeline=LOAD))) == 6
+    lost = job_record.cut(shards[1])
+    with pytest.raises(
+        DataError,
+        match=r"shard-000001\.tar: holds 2 samples but its manifest part .*shard-000001\.parquet records 3",
+    ) as err:
+        _build(dict(type="LumenShardDataset", shards=glob, pipeline=LOAD))
+    assert lost in str(err.value) and "rerun the generation job" in str(err.value)
+    # a shard the job never committed (no part) has no record to trust either
+    (tmp_path / "out" / "manifest" / "shard-000001.parquet").unlink()
+    with pytest.raises(
+        DataError, match=r"shard-000001\.tar: the job's manifest .* has no part for this shard"
+    ):
+        _build(dict(type="LumenShardDataset", shards=glob, pipeline=LOAD))
+
+
+def test_a_shard_cut_without_its_end_marker_is_refused_without_a_manifest(cs_root, tmp_path, job_record):
+    """No manifest beside the shards: a tar cut at a member boundary still lacks its end-of-archive
+    marker, which the index now checks (it read the remaining samples silently)."""
+    shards = _job_shards(cs_root, tmp_path / "out")
+    job_record.cut(shards[0], end_marker=False)
+    with pytest.raises(DataError, match=r"shard-000000\.tar: truncated tar"):
+        _build(dict(type="LumenShardDataset", shards=[str(p) for p in shards], pipeline=LOAD))
+
+
+def test_a_key_in_two_shards_is_an_error_naming_both(cs_root, tmp_path):
+    """The same sample in two shards (two jobs' shards in one folder, a shard copied) was
+    listed - and drawn - twice."""
+    shards = _job_shards(cs_root, tmp_path / "out")
+    copy = tmp_path / "out" / "shards" / "shard-000002.tar"
+    copy.write_bytes(shards[0].read_bytes())
+    with pytest.raises(
+        DataError, match=r"shard-000002\.tar: sample '.*__fog' is also in .*shard-000000\.tar"
+    ) as err:
+        _build(
+            dict(type="LumenShardDataset", shards=str(tmp_path / "out" / "shards" / "*.tar"), pipeline=LOAD)
+        )
+    assert err.value.path == copy
+
+
+PACK = [*LOAD, dict(type="PackSegInputs", meta_keys=("img_path", "key", "source"))]
+
+
+def test_a_training_sample_with_out_of_range_label_ids_is_skipped_and_named(bad_label_shard):
+    """Drawn in training, the sample with labelIds 250 is replaced by another and named in the
+    replacement's metainfo (what SkippedSampleHook writes down); evaluation still raises."""
+    shard, good, bad = bad_label_shard
+    ds = _build(dict(type="LumenShardDataset", shards=str(shard), pipeline=PACK))
+    bad_idx = [ds.get_data_info(i)["key"] for i in range(len(ds))].index(bad)
+    item = ds[bad_idx]
+    meta = item["data_samples"].metainfo
+    assert meta["key"] == good
+    skipped = meta["skipped_samples"]
+    assert {s["key"] for s in skipped} == {bad} and all(s["source"] == "synth" for s in skipped)
+    assert "holds values [250] above 33" in skipped[0]["reason"] and str(shard) in skipped[0]["path"]
+    assert "skipped_samples" not in ds[1 - bad_idx]["data_samples"].metainfo
+    scored = _build(dict(type="LumenShardDataset", shards=str(shard), pipeline=PACK, test_mode=True))
+    with pytest.raises(DataError, match=r"\[250\] above 33"):
+        scored[bad_idx]
+
+
+def test_a_training_sample_with_out_of_range_train_ids_is_skipped(acdc_root, tmp_path):
+    """The same for trainIds (ACDC's labels): 40 is neither a class (0..18) nor ignore (255)."""
+    import shutil
+
+    root = tmp_path / "acdc"
+    shutil.copytree(acdc_root, root)
+    ds = _build(dict(type="ACDCDataset", data_root=str(root), weather="fog", pipeline=PACK))
+    victim = ds.get_data_info(0)
+    labels = np.array(Image.open(victim["seg_map_path"]))
+    labels[0, 0] = 40
+    Image.fromarray(labels).save(victim["seg_map_path"])
+    skipped = ds[0]["data_samples"].metainfo["skipped_samples"]
+    assert {s["key"] for s in skipped} == {victim["key"]} and "[40] outside 0..18/255" in skipped[0]["reason"]
+
+
 def test_missing_shards_glob(tmp_path):
     with pytest.raises(DataError, match="no shard matches"):
         _build(dict(type="LumenShardDataset", shards=str(tmp_path / "*.tar"), pipeline=LOAD))

@@ -164,6 +164,21 @@ def test_shard_sample_gives_the_references_targets(cs_root, tmp_path):
         assert (a.depth > 0).float().mean() > 0.3
 
 
+def test_a_shard_that_lost_samples_is_refused_against_its_manifest(cs_root, tmp_path, job_record):
+    """A job's shard cut at a member boundary (a valid, shorter tar) was trained on with the
+    samples left; the manifest part beside it records them all: an error naming the shard."""
+    shards = _write_variant_shard(cs_root, tmp_path / "job" / "shards")
+    shard = shards / "shard-000000.tar"
+    job_record.record(shard)
+    assert len(list_refs("shards", shards, "train")) == 6
+    lost = job_record.cut(shard)
+    with pytest.raises(
+        DataError, match=r"shard-000000\.tar: holds 5 samples but its manifest part .* records 6"
+    ) as err:
+        list_refs("shards", shards, "train")
+    assert err.value.path == shard and lost in str(err.value) and "rerun the generation job" in str(err.value)
+
+
 def test_shards_without_3d_labels_are_refused_by_name(ref_shards):
     with pytest.raises(DataError, match=r"has no \['disparity', 'camera', 'boxes3d'\]") as e:
         list_refs("shards", ref_shards[0].parent, "train")
@@ -239,6 +254,28 @@ def test_resume_reaches_the_uninterrupted_weights(cs_root, tmp_path, monkeypatch
         assert torch.equal(v, resumed["model"][k]), k
 
 
+def test_planted_pretrained_or_resume_checkpoint_is_refused_by_name(
+    cs_root, planted_checkpoint, tmp_path, monkeypatch
+):
+    """The encoder's pretrained weights (read by mmengine) and ``--resume``'s latest.pt go through
+    downstream's safe loader: a planted pickle is refused naming the file, and never runs."""
+    from downstream.checkpoints import CheckpointError
+    from downstream.multitask.model import ModelConfig, MultiTaskNet
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    bad, marker = planted_checkpoint
+    with pytest.raises(CheckpointError, match="refused") as err:
+        MultiTaskNet(ModelConfig(**TINY_MODEL, pretrained=str(bad)))
+    assert err.value.path == bad and not marker.exists()
+
+    out = tmp_path / "run"
+    out.mkdir()
+    bad.rename(out / "latest.pt")
+    with pytest.raises(CheckpointError, match="refused") as err:
+        train(_cfg(cs_root, out), resume=True)
+    assert err.value.path == out / "latest.pt" and not marker.exists()
+
+
 def test_bad_sample_is_recorded_and_training_goes_on(cs_root, tmp_path):
     victim = list_cityscapes(cs_root, "train").refs[1].key
     shards = _write_variant_shard(cs_root, tmp_path / "synth", corrupt=victim)
@@ -249,6 +286,27 @@ def test_bad_sample_is_recorded_and_training_goes_on(cs_root, tmp_path):
     assert {x["key"] for x in lines} == {f"{victim}__fog"}
     assert "disparity.png" in lines[0]["reason"]
     assert summary["steps"] == 8 and (tmp_path / "run" / "latest.pt").is_file()
+
+
+def test_a_sample_with_out_of_range_label_ids_is_a_bad_item_not_a_crash(cs_root, tmp_path):
+    """labelIds holding 250: the multi-task dataset hands the trainer a ``bad`` item (logged to
+    bad_samples.jsonl, as the corrupt-disparity test above shows) instead of raising."""
+    import shutil
+
+    from PIL import Image
+
+    from downstream.multitask.data import MultitaskDataset
+
+    root = tmp_path / "cityscapes"
+    shutil.copytree(cs_root, root)
+    refs = list_refs("cityscapes", root, "train")
+    labels = np.array(Image.open(refs[0].paths["labelids"]))
+    labels[:4, :4] = 250
+    Image.fromarray(labels).save(refs[0].paths["labelids"])
+    ds = MultitaskDataset(refs, TargetSpec((64, 128), 4, CLASSES, 32))
+    key, reason = ds[0]["bad"]
+    assert key == refs[0].key and "values [250] are outside Cityscapes labelIds" in reason
+    assert "bad" not in ds[1]
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from factory.layout import (
     LayoutError,
@@ -98,6 +99,71 @@ def test_missing_or_foreign_pca_is_refused(tmp_path):
     art.check_compatible({"backbone": "sd-unet", "timestep": 100, "model_ref": "moved/folder"} | {})
     with pytest.raises(LayoutError, match=r"expects \(B, 10, h, w\)"):
         art.apply(torch.zeros(1, 11, 2, 2))
+
+
+def _damage(tensors: dict[str, torch.Tensor], sidecar: dict, case: str) -> None:
+    """Break a saved artifact (3 components over 10 channels) the way ``case`` names."""
+    if case == "nan mean":
+        tensors["mean"][2] = float("nan")
+    elif case == "inf component":
+        tensors["components"][1, 4] = float("inf")
+    elif case == "zero eigenvalue":
+        tensors["eigenvalues"][2] = 0.0
+    elif case == "negative eigenvalue":
+        tensors["eigenvalues"][1] = -0.5
+    elif case == "integer components":
+        tensors["components"] = tensors["components"].round().long()
+    elif case == "mean too long":
+        tensors["mean"] = torch.cat([tensors["mean"], torch.zeros(1, dtype=torch.float64)])
+    elif case == "eigenvalues too short":
+        tensors["eigenvalues"] = tensors["eigenvalues"][:2].clone()
+    elif case == "fewer components than recorded":
+        tensors["components"] = tensors["components"][:2].clone()
+        tensors["eigenvalues"] = tensors["eigenvalues"][:2].clone()
+    elif case == "sidecar records another N":
+        sidecar["n_components"] = 4
+
+
+DAMAGE = [
+    ("nan mean", r"mean holds 1 NaN/inf"),
+    ("inf component", r"components holds 1 NaN/inf"),
+    ("zero eigenvalue", r"eigenvalue\(s\) \[2\] are \[0\.0\]: explained variance must be > 0"),
+    ("negative eigenvalue", r"eigenvalue\(s\) \[1\] are \[-0\.5\]"),
+    ("integer components", r"components has dtype torch\.int64, not floating point"),
+    ("mean too long", r"mean has 11 channels but components have 10"),
+    ("eigenvalues too short", r"2 eigenvalues for 3 components"),
+    ("fewer components than recorded", r"records n_components 3 but the tensors hold 2"),
+    ("sidecar records another N", r"records n_components 4 but the tensors hold 3"),
+]
+
+
+@pytest.mark.parametrize(("case", "problem"), DAMAGE, ids=[case for case, _ in DAMAGE])
+def test_a_damaged_pca_artifact_is_refused_on_load_naming_file_problem_and_fix(tmp_path, case, problem):
+    """Each of these loaded unchecked and then gave NaN layouts or broadcast silently in apply."""
+    art = fit_pca({"k": torch.from_numpy(correlated(100, 10, 5))}, 3, {"signature": {"backbone": "x"}})
+    st_path = art.save(tmp_path / "pca")
+    json_path = tmp_path / "pca.json"
+    tensors = {k: v.clone() for k, v in load_file(str(st_path)).items()}
+    sidecar = json.loads(json_path.read_text())
+    _damage(tensors, sidecar, case)
+    save_file(tensors, str(st_path), metadata={"format": "lumen-pca/1"})
+    json_path.write_text(json.dumps(sidecar))
+    with pytest.raises(LayoutError, match=problem) as err:
+        PCAArtifact.load(tmp_path / "pca")
+    message = str(err.value)
+    assert message.startswith(f"{st_path}: invalid PCA artifact")
+    assert "fix: refit it with the layout extraction job (python -m factory.jobs.extract_layouts)" in message
+
+
+def test_a_fit_without_variance_in_a_requested_component_is_refused():
+    """Vectors spanning 3 of 6 channels cannot give 5 components: fitting says so instead of
+    writing zero eigenvalues that ``load`` (and ``apply``) could not use."""
+    x = np.concatenate([correlated(200, 3, 6), np.zeros((200, 3), np.float32)], axis=1)
+    with pytest.raises(
+        LayoutError, match=r"only 3 of the 5 requested PCA components have variance.*pca_samples"
+    ):
+        fit_pca({"k": torch.from_numpy(x)}, 5)
+    assert fit_pca({"k": torch.from_numpy(x)}, 3).n_components == 3
 
 
 def test_sampling_is_reproducible_and_batch_independent():

@@ -13,5 +13,6 @@ log_processor = dict(by_epoch=False)
 log_level = "INFO"
 load_from = None
 resume = False
-# Logs (and saves to work_dir/consumed_sources.json) how many samples came from each source.
-custom_hooks = [dict(type="SourceCountHook", interval=50)]
+# Logs (and saves to work_dir/consumed_sources.json) how many samples came from each source, and
+# lists the training samples skipped as bad (work_dir/bad_samples.jsonl).
+custom_hooks = [dict(type="SourceCountHook", interval=50), dict(type="SkippedSampleHook")]
