@@ -19,15 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from factory.data.sample import DataError
 from factory.shards.manifest import Manifest
 
 MANIFEST_FOLDER = "manifest"  # beside the job's "shards" folder, as factory.jobs writes them
 _RERUN = (
-    "delete this shard and rerun the generation job with the same config: resume redoes a "
-    "shard whose tar is missing"
+    "rerun the generation job with the same config: its resume verifies every shard against "
+    "its manifest part and redoes the ones that do not match"
 )
 
 
@@ -55,12 +53,10 @@ def recorded_keys(shard: str | Path) -> set[str] | None:
             _RERUN,
         )
     try:
-        table = pq.read_table(part, columns=["key", "status"])
+        rows = Manifest.read_part(part)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(part, f"manifest part is not readable Parquet ({e})", _RERUN) from None
-    keys = table.column("key").to_pylist()
-    statuses = table.column("status").to_pylist()
-    return {k for k, status in zip(keys, statuses) if status == "ok"}
+    return {r["key"] for r in rows if r["status"] == "ok"}
 
 
 def check_shard_keys(shard: str | Path, found: Iterable[str]) -> None:

@@ -151,15 +151,33 @@ def read_member(m: ShardMember) -> bytes:
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
     """Encoded bytes -> HxWx3 uint8 BGR (mmseg's convention)."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:  # OpenCV refuses images above CV_IO_MAX_IMAGE_PIXELS (2**30) before decoding
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        raise DataError(where, f"image bytes refused by the decoder ({e})", "re-write the shard") from None
     if arr is None:
         raise DataError(where, "image bytes do not decode", "re-write the shard")
     return arr
 
 
+def open_png(source: bytes | str | Path, where: str | Path, *, load: bool = True) -> Image.Image:
+    """PIL image of a label PNG (bytes or a file); every decoder failure is a DataError naming
+    ``where`` - a decompression bomb (a header claiming e.g. 40000x40000 pixels) included, so a
+    training run skips the sample instead of dying. ``load=False`` reads the header only."""
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if load:
+            img.load()
+    except Image.DecompressionBombError as e:
+        raise DataError(where, f"label PNG refused, too large: {e}", "re-write the file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(where, f"label PNG does not decode ({e})", "re-write the file") from None
+    return img
+
+
 def decode_label(data: bytes, where: str) -> np.ndarray:
     """An 8-bit single-channel label PNG -> HxW uint8."""
-    img = Image.open(io.BytesIO(data))
+    img = open_png(data, where)
     if img.mode not in ("L", "P"):
         raise DataError(
             where,

@@ -9,18 +9,15 @@ map whose declared encoding is wrong.
 
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
-from PIL import Image
 
 from factory.data.sample import DataError
 
 from .labels import check_trainids, labelids_to_trainids
-from .shards import LABELIDS_MEMBER, ShardMember, decode_image, decode_label, read_member
+from .shards import LABELIDS_MEMBER, ShardMember, decode_image, decode_label, open_png, read_member
 
 
 def _member(results: dict, suffix: str) -> ShardMember:
@@ -32,12 +29,12 @@ def _label_size(results: dict) -> tuple[int, int] | None:
     """(h, w) of the label map, read from the PNG header only; None without labels."""
     if "shard_files" in results:
         data = read_member(_member(results, LABELIDS_MEMBER))
-        w, h = Image.open(io.BytesIO(data)).size
+        w, h = open_png(data, results["seg_map_path"], load=False).size
         return h, w
     path = results.get("seg_map_path")
     if not path:
         return None
-    with Image.open(path) as im:
+    with open_png(path, path, load=False) as im:
         w, h = im.size
     return h, w
 
@@ -87,7 +84,7 @@ class LoadLumenLabels(BaseTransform):
         if "shard_files" in results:
             labels = decode_label(read_member(_member(results, LABELIDS_MEMBER)), where)
         else:
-            with Image.open(where) as im:
+            with open_png(where, where) as im:
                 if im.mode not in ("L", "P"):
                     raise DataError(
                         where,
