@@ -13,6 +13,9 @@ job config's ``executor`` field:
   and the stage's declared CPUs/GPUs - the pattern Ray recommends for GPU batch inference, so a
   Ray Data cluster runs the factory as it is. Ray Data retries a task whose actor died.
 
+Ray is reached at the address the config or ``RAY_ADDRESS`` names; without one, ``init_ray``
+starts a private Ray for this driver and never attaches to a cluster it happens to find.
+
 Exactly-once does not depend on the executor: a stage writes each shard atomically and
 deterministically from the plan, and resume skips shards whose manifest part exists, so a
 shard processed twice (a retry) is rewritten with the same bytes.
@@ -44,10 +47,10 @@ EXECUTORS: tuple[str, ...] = ("actor_pool", "ray_data", "in_process")
 class RayConfig:
     """How the job reaches Ray and how many workers it runs.
 
-    ``address``: None = ``RAY_ADDRESS`` when set (inside ``ray job submit``), else a local Ray
-    started in-process. ``num_actors`` 0 = one per GPU, or ``local_cpus`` // ``cpus_per_actor``
-    CPU actors when the cluster has no GPU. ``cpus_per_actor`` / ``gpus_per_actor`` are the
-    resources each stage worker declares.
+    ``address``: None = ``RAY_ADDRESS`` when set (inside ``ray job submit``), else a private
+    local Ray started in-process (never another Ray found on the machine). ``num_actors`` 0 = one
+    per GPU, or ``local_cpus`` // ``cpus_per_actor`` CPU actors when the cluster has no GPU.
+    ``cpus_per_actor`` / ``gpus_per_actor`` are the resources each stage worker declares.
     """
 
     address: str | None = None
@@ -79,7 +82,16 @@ class RayConfig:
 
 
 def init_ray(cfg: RayConfig) -> Any:
-    """Connect to the cluster (``ray job submit`` sets RAY_ADDRESS) or start a local Ray."""
+    """Connect to the cluster ``cfg.address`` or RAY_ADDRESS names (``ray job submit`` sets it),
+    or, with neither, start a private local Ray.
+
+    The private Ray is started with ``address="local"``. Ray's default (no address) is to look
+    for a cluster: it attaches to the last one ``ray start`` recorded on this machine (the file
+    ``ray_current_cluster`` in Ray's temp folder, still there when that cluster is long gone),
+    then refuses the ``num_cpus`` we pass it. A job run in-process must neither land on someone
+    else's cluster nor fail because one exists; ``"local"`` always starts a new instance, owned by
+    this driver (``shutdown_ray_we_started`` stops it).
+    """
     import ray
 
     if ray.is_initialized():
@@ -88,7 +100,7 @@ def init_ray(cfg: RayConfig) -> Any:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.local_cpus or os.cpu_count() or 1, include_dashboard=False)
+        ray.init(address="local", num_cpus=cfg.local_cpus or os.cpu_count() or 1, include_dashboard=False)
     return ray
 
 
