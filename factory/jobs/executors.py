@@ -13,6 +13,11 @@ job config's ``executor`` field:
   and the stage's declared CPUs/GPUs - the pattern Ray recommends for GPU batch inference, so a
   Ray Data cluster runs the factory as it is. Ray Data retries a task whose actor died.
 
+A stage whose ``setup`` raises (a missing model folder, a bad checkpoint) stops the run at once,
+on every executor, with that exception: its type and message, and the worker's traceback. It is
+never treated as a dead actor, because a replacement would fail the same way after loading the
+same models again. Only an actor that really died is replaced.
+
 Ray is reached at the address the config or ``RAY_ADDRESS`` names; without one, ``init_ray``
 starts a private Ray for this driver and never attaches to a cluster it happens to find.
 
@@ -51,6 +56,8 @@ class RayConfig:
     local Ray started in-process (never another Ray found on the machine). ``num_actors`` 0 = one
     per GPU, or ``local_cpus`` // ``cpus_per_actor`` CPU actors when the cluster has no GPU.
     ``cpus_per_actor`` / ``gpus_per_actor`` are the resources each stage worker declares.
+    ``max_actor_restarts``: how many dead actors (killed, node lost) the actor pool replaces in
+    total; a stage whose ``setup`` raises is never restarted.
     """
 
     address: str | None = None
@@ -261,6 +268,26 @@ def _worker_class(stage: ShardStage, base: type[_StageWorker] = _StageWorker) ->
     return type(type(stage).__name__, (base,), {"__module__": __name__})
 
 
+def _setup_error(error: BaseException) -> BaseException | None:
+    """The stage's own ``setup`` exception when ``error`` says a worker's constructor raised;
+    None when the worker died some other way (killed, out of memory, node lost).
+
+    Ray reports both as ``ActorDiedError``; only a constructor that raised sets
+    ``actor_init_failed``, and that error carries the constructor's ``RayTaskError`` as its
+    argument (Ray 2.60; if a version does not, the run still stops, with Ray's message).
+    ``as_instanceof_cause`` turns it into an exception of the stage's own type (``except
+    FileNotFoundError`` catches it) whose message holds the worker's traceback.
+    """
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if not (isinstance(error, RayActorError) and error.actor_init_failed):
+        return None
+    cause = next((a for a in error.args if isinstance(a, RayTaskError)), None)
+    if cause is None:  # Ray did not pass the constructor's error on: still not worth a retry
+        return RuntimeError(f"a stage worker's setup failed: {error}")
+    return cause.as_instanceof_cause()
+
+
 def run_actor_pool(
     stage: ShardStage,
     tasks: Sequence[ShardTask],
@@ -272,7 +299,8 @@ def run_actor_pool(
     """Every task on a pool of actors with backpressure; dead actors replaced, work re-queued.
 
     A shard whose actor died is re-queued at the front; the dead actor is replaced (at most
-    ``max_actor_restarts`` times in total).
+    ``max_actor_restarts`` times in total). An actor whose stage ``setup`` raised is not dead:
+    its error is raised here at once (a replacement would load the same models and fail again).
     """
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -307,7 +335,12 @@ def run_actor_pool(
             try:
                 result = ray.get(ref)
             except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
-                # 3. The actor died: its unfinished shards come back here one by one.
+                # 3. The stage's setup raised in the actor's constructor: stop with that error.
+                setup_error = _setup_error(e)
+                if setup_error is not None:
+                    log.error("actor %d: %s setup failed; stopping the run", slot, stage.name)
+                    raise setup_error from None  # the error holds the worker's traceback
+                # 4. The actor died: its unfinished shards come back here one by one.
                 log.warning(
                     "actor %d died while processing %s (%s); reassigning", slot, task.name, type(e).__name__
                 )
@@ -358,7 +391,15 @@ def run_ray_data(
     desc: str,
 ) -> RunStats:
     """``ray.data.from_items(tasks).map_batches(stage worker, ActorPoolStrategy(size=n))``,
-    one task per batch, results streamed back to the driver as shards finish."""
+    one task per batch, results streamed back to the driver as shards finish.
+
+    The stage's ``setup`` runs in the UDF's constructor. Ray Data can retry a constructor that
+    raised, in the same actor or in fresh ones (``DataContext.actor_init_retry_on_errors``,
+    ``max_consecutive_actor_init_deaths``, also set from the environment); both are pinned off
+    here so a setup error ends the run on its first occurrence, with the stage's own exception.
+    The cost: an actor killed during setup also ends the run (Ray Data cannot tell the two apart
+    there); a rerun resumes.
+    """
     import ray
     import ray.data
 
@@ -367,6 +408,8 @@ def run_ray_data(
     by_name = {t.name: t for t in tasks}
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar counts images, not rows
+    ctx.actor_init_retry_on_errors = False  # a setup error happens again: never retry it
+    ctx.max_consecutive_actor_init_deaths = 0
     # one block per task, up to a bound (a million-shard plan must not become a million blocks)
     blocks = min(len(tasks), 1024)
     ds: ray.data.Dataset = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=blocks)
@@ -386,6 +429,12 @@ def run_ray_data(
             stats.shards_done += 1
             on_result(task, row["result"])
             progress.update(items_done(row["result"], task))
+    except Exception as e:
+        setup_error = _setup_error(e)
+        if setup_error is None:
+            raise
+        log.error("Ray Data: %s setup failed; stopping the run", stage.name)
+        raise setup_error from None  # the error holds the worker's traceback
     finally:
         progress.close()
     return stats
