@@ -76,24 +76,36 @@ bench:  ## CPU benchmarks (tiny models): layout extraction, generation job vs mo
 	$(PY) bench/bench_layout.py
 	$(PY) bench/bench_generate.py --refs 48 --write-docs
 
-# ---- local Ray cluster (issue 5) -------------------------------------------------------------
+# ---- local Ray cluster (issues 5, 13) ---------------------------------------------------------
 # Ray 2.60 turns token authentication on for clusters it starts. We pin it explicitly: the
 # token lives in $(CLUSTER_DIR)/auth_token and RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH are exported to
 # `ray start` (head + job driver inherit them) and to `ray job submit` (sends it as a header).
+# The head listens on 127.0.0.1 only: Ray rewrites --node-ip-address=127.0.0.1 to the machine's
+# routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 declares a one-machine Ray; with
+# the node address on loopback, GCS, raylet, object manager, agents, the metrics servers and
+# the workers all bind 127.0.0.1 (other machines cannot join such a cluster: use cluster/ray-up.yaml).
+# cluster/local_head.py runs `ray start --head --block` as one process it records in
+# $(CLUSTER_DIR)/head.json, so cluster-down stops this head and what it started, never another
+# Ray on the machine (`ray stop` would stop them all). RAY_START_ARGS: more `ray start` flags
+# (e.g. --ray-client-server-port=..., --dashboard-agent-listen-port=... to run two side by side).
 CLUSTER_DIR ?= $(OUT)/cluster
 RAY_PORT ?= 6390
 RAY_DASHBOARD_PORT ?= 8275
 RAY_NUM_CPUS ?= 2
+RAY_TEMP_DIR ?= /tmp/lumen-ray-$(RAY_PORT)
+RAY_START_ARGS ?=
 RAY_ENV = RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(abspath $(CLUSTER_DIR))/auth_token \
-	PATH=$(abspath $(VENV))/bin:$$PATH RAY_USAGE_STATS_ENABLED=0
+	PATH=$(abspath $(VENV))/bin:$$PATH RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 GENERATE_CONFIG ?= configs/generate/procedural.yaml
 
-cluster-up:  ## start a local Ray head (token auth) for `make cluster-submit`
+cluster-up:  ## start a local Ray head on 127.0.0.1 (token auth) for `make cluster-submit`
 	mkdir -p $(CLUSTER_DIR)
 	test -s $(CLUSTER_DIR)/auth_token || $(PY) -c "import secrets; print(secrets.token_hex(32))" > $(CLUSTER_DIR)/auth_token
 	chmod 600 $(CLUSTER_DIR)/auth_token
-	$(RAY_ENV) $(VENV)/bin/ray start --head --port=$(RAY_PORT) --dashboard-port=$(RAY_DASHBOARD_PORT) \
-		--num-cpus=$(RAY_NUM_CPUS) --include-dashboard=true --disable-usage-stats
+	$(RAY_ENV) $(PY) cluster/local_head.py up $(CLUSTER_DIR) --temp-dir=$(RAY_TEMP_DIR) -- \
+		--node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --port=$(RAY_PORT) \
+		--dashboard-port=$(RAY_DASHBOARD_PORT) --num-cpus=$(RAY_NUM_CPUS) --include-dashboard=true \
+		--disable-usage-stats $(RAY_START_ARGS)
 
 cluster-submit:  ## submit the procedural-city generation job to the local cluster (ray job submit)
 	test -d data/procedural/cityscapes || $(MAKE) city
@@ -102,8 +114,8 @@ cluster-submit:  ## submit the procedural-city generation job to the local clust
 		python -m factory.jobs.generate --config $(GENERATE_CONFIG) \
 		out=$(abspath $(OUT))/generate/procedural dataset.root=$(abspath data/procedural/cityscapes)
 
-cluster-down:  ## stop the local Ray cluster
-	$(RAY_ENV) $(VENV)/bin/ray stop
+cluster-down:  ## stop the Ray head cluster-up started (and only it)
+	$(PY) cluster/local_head.py down $(CLUSTER_DIR)
 
 clean:  ## remove generated outputs (keeps .venv)
 	rm -rf $(OUT) data runs work_dirs

@@ -38,6 +38,8 @@ def ray_local() -> str:
 
     The dashboard runs (on a free port, so parallel sessions do not meet) because Ray's state
     API (``ray.util.state.list_actors``, used to find an actor's process to kill) is served by it.
+    ``address="local"``: a new instance even when a ``ray start`` cluster runs on the machine (Ray
+    would attach to it otherwise, and refuse ``num_cpus``), as ``init_ray`` does for jobs.
     """
     import socket
 
@@ -47,6 +49,7 @@ def ray_local() -> str:
         s.bind(("127.0.0.1", 0))
         dashboard_port = s.getsockname()[1]
     context = ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=True,
         dashboard_port=dashboard_port,

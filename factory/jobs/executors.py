@@ -13,6 +13,14 @@ job config's ``executor`` field:
   and the stage's declared CPUs/GPUs - the pattern Ray recommends for GPU batch inference, so a
   Ray Data cluster runs the factory as it is. Ray Data retries a task whose actor died.
 
+A stage whose ``setup`` raises (a missing model folder, a bad checkpoint) stops the run at once,
+on every executor, with that exception: its type and message, and the worker's traceback. It is
+never treated as a dead actor, because a replacement would fail the same way after loading the
+same models again. Only an actor that really died is replaced.
+
+Ray is reached at the address the config or ``RAY_ADDRESS`` names; without one, ``init_ray``
+starts a private Ray for this driver and never attaches to a cluster it happens to find.
+
 Exactly-once does not depend on the executor: a stage writes each shard atomically and
 deterministically from the plan, and resume skips shards whose manifest part exists, so a
 shard processed twice (a retry) is rewritten with the same bytes.
@@ -44,10 +52,12 @@ EXECUTORS: tuple[str, ...] = ("actor_pool", "ray_data", "in_process")
 class RayConfig:
     """How the job reaches Ray and how many workers it runs.
 
-    ``address``: None = ``RAY_ADDRESS`` when set (inside ``ray job submit``), else a local Ray
-    started in-process. ``num_actors`` 0 = one per GPU, or ``local_cpus`` // ``cpus_per_actor``
-    CPU actors when the cluster has no GPU. ``cpus_per_actor`` / ``gpus_per_actor`` are the
-    resources each stage worker declares.
+    ``address``: None = ``RAY_ADDRESS`` when set (inside ``ray job submit``), else a private
+    local Ray started in-process (never another Ray found on the machine). ``num_actors`` 0 = one
+    per GPU, or ``local_cpus`` // ``cpus_per_actor`` CPU actors when the cluster has no GPU.
+    ``cpus_per_actor`` / ``gpus_per_actor`` are the resources each stage worker declares.
+    ``max_actor_restarts``: how many dead actors (killed, node lost) the actor pool replaces in
+    total; a stage whose ``setup`` raises is never restarted.
     """
 
     address: str | None = None
@@ -79,7 +89,16 @@ class RayConfig:
 
 
 def init_ray(cfg: RayConfig) -> Any:
-    """Connect to the cluster (``ray job submit`` sets RAY_ADDRESS) or start a local Ray."""
+    """Connect to the cluster ``cfg.address`` or RAY_ADDRESS names (``ray job submit`` sets it),
+    or, with neither, start a private local Ray.
+
+    The private Ray is started with ``address="local"``. Ray's default (no address) is to look
+    for a cluster: it attaches to the last one ``ray start`` recorded on this machine (the file
+    ``ray_current_cluster`` in Ray's temp folder, still there when that cluster is long gone),
+    then refuses the ``num_cpus`` we pass it. A job run in-process must neither land on someone
+    else's cluster nor fail because one exists; ``"local"`` always starts a new instance, owned by
+    this driver (``shutdown_ray_we_started`` stops it).
+    """
     import ray
 
     if ray.is_initialized():
@@ -88,7 +107,7 @@ def init_ray(cfg: RayConfig) -> Any:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.local_cpus or os.cpu_count() or 1, include_dashboard=False)
+        ray.init(address="local", num_cpus=cfg.local_cpus or os.cpu_count() or 1, include_dashboard=False)
     return ray
 
 
@@ -249,6 +268,26 @@ def _worker_class(stage: ShardStage, base: type[_StageWorker] = _StageWorker) ->
     return type(type(stage).__name__, (base,), {"__module__": __name__})
 
 
+def _setup_error(error: BaseException) -> BaseException | None:
+    """The stage's own ``setup`` exception when ``error`` says a worker's constructor raised;
+    None when the worker died some other way (killed, out of memory, node lost).
+
+    Ray reports both as ``ActorDiedError``; only a constructor that raised sets
+    ``actor_init_failed``, and that error carries the constructor's ``RayTaskError`` as its
+    argument (Ray 2.60; if a version does not, the run still stops, with Ray's message).
+    ``as_instanceof_cause`` turns it into an exception of the stage's own type (``except
+    FileNotFoundError`` catches it) whose message holds the worker's traceback.
+    """
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if not (isinstance(error, RayActorError) and error.actor_init_failed):
+        return None
+    cause = next((a for a in error.args if isinstance(a, RayTaskError)), None)
+    if cause is None:  # Ray did not pass the constructor's error on: still not worth a retry
+        return RuntimeError(f"a stage worker's setup failed: {error}")
+    return cause.as_instanceof_cause()
+
+
 def run_actor_pool(
     stage: ShardStage,
     tasks: Sequence[ShardTask],
@@ -260,7 +299,8 @@ def run_actor_pool(
     """Every task on a pool of actors with backpressure; dead actors replaced, work re-queued.
 
     A shard whose actor died is re-queued at the front; the dead actor is replaced (at most
-    ``max_actor_restarts`` times in total).
+    ``max_actor_restarts`` times in total). An actor whose stage ``setup`` raised is not dead:
+    its error is raised here at once (a replacement would load the same models and fail again).
     """
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -295,7 +335,12 @@ def run_actor_pool(
             try:
                 result = ray.get(ref)
             except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
-                # 3. The actor died: its unfinished shards come back here one by one.
+                # 3. The stage's setup raised in the actor's constructor: stop with that error.
+                setup_error = _setup_error(e)
+                if setup_error is not None:
+                    log.error("actor %d: %s setup failed; stopping the run", slot, stage.name)
+                    raise setup_error from None  # the error holds the worker's traceback
+                # 4. The actor died: its unfinished shards come back here one by one.
                 log.warning(
                     "actor %d died while processing %s (%s); reassigning", slot, task.name, type(e).__name__
                 )
@@ -346,7 +391,15 @@ def run_ray_data(
     desc: str,
 ) -> RunStats:
     """``ray.data.from_items(tasks).map_batches(stage worker, ActorPoolStrategy(size=n))``,
-    one task per batch, results streamed back to the driver as shards finish."""
+    one task per batch, results streamed back to the driver as shards finish.
+
+    The stage's ``setup`` runs in the UDF's constructor. Ray Data can retry a constructor that
+    raised, in the same actor or in fresh ones (``DataContext.actor_init_retry_on_errors``,
+    ``max_consecutive_actor_init_deaths``, also set from the environment); both are pinned off
+    here so a setup error ends the run on its first occurrence, with the stage's own exception.
+    The cost: an actor killed during setup also ends the run (Ray Data cannot tell the two apart
+    there); a rerun resumes.
+    """
     import ray
     import ray.data
 
@@ -355,6 +408,8 @@ def run_ray_data(
     by_name = {t.name: t for t in tasks}
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar counts images, not rows
+    ctx.actor_init_retry_on_errors = False  # a setup error happens again: never retry it
+    ctx.max_consecutive_actor_init_deaths = 0
     # one block per task, up to a bound (a million-shard plan must not become a million blocks)
     blocks = min(len(tasks), 1024)
     ds: ray.data.Dataset = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=blocks)
@@ -374,6 +429,12 @@ def run_ray_data(
             stats.shards_done += 1
             on_result(task, row["result"])
             progress.update(items_done(row["result"], task))
+    except Exception as e:
+        setup_error = _setup_error(e)
+        if setup_error is None:
+            raise
+        log.error("Ray Data: %s setup failed; stopping the run", stage.name)
+        raise setup_error from None  # the error holds the worker's traceback
     finally:
         progress.close()
     return stats

@@ -3,9 +3,10 @@
 Ray 2.60 enables token authentication for clusters it starts. The test pins it explicitly
 (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH=<a fresh token file>) for both `ray start` and
 `ray job submit`, exactly as the Makefile's cluster targets do; the job driver inherits both
-from the head. The head runs with `--block` under this test's control and is stopped by
-terminating that process (which shuts its own Ray processes down): `ray stop` would stop every
-Ray instance on the machine, including other test sessions'.
+from the head. Like `make cluster-up`, the head listens on 127.0.0.1 only (a one-machine Ray:
+tests/cluster/heads.py). The head runs with `--block` under this test's control and is stopped
+by terminating that process (which shuts its own Ray processes down): `ray stop` would stop
+every Ray instance on the machine, including other test sessions'.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,14 +28,8 @@ import pytest
 from factory.data.sample import check_key
 from factory.shards import Manifest, read_shard_samples
 
-REPO = Path(__file__).resolve().parents[2]
-RAY = REPO / ".venv" / "bin" / "ray"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from heads import RAY, REPO, free_port, head_env  # noqa: E402
 
 
 @pytest.mark.slow
@@ -45,14 +40,7 @@ def test_procedural_job_through_ray_job_submit(city_root, tmp_path):
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
     temp_dir = Path(tempfile.mkdtemp(prefix="lr-", dir="/tmp"))  # short: Ray's unix sockets
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
-        "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
+    env = head_env(token)
     port, dash = free_port(), free_port()
     ports = {
         "--port": port,
@@ -67,6 +55,7 @@ def test_procedural_job_through_ray_job_submit(city_root, tmp_path):
     }
     head = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
          "--disable-usage-stats", f"--temp-dir={temp_dir}", *[f"{k}={v}" for k, v in ports.items()]],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,

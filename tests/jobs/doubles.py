@@ -8,7 +8,10 @@ is the same whatever its batch, actor or order.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -55,3 +58,22 @@ class JitterSynthesizer:
 
 def build(cfg) -> JitterSynthesizer:
     return JitterSynthesizer(cfg)
+
+
+class MissingModelSynthesizer(JitterSynthesizer):
+    """A synthesizer whose model folder is missing: ``setup`` raises, as a real one would.
+
+    Before raising it appends its process id and the time to ``<out>/setup_attempts.log``, so a
+    test counts how many times any worker, in any process, tried to set it up, and when.
+    """
+
+    def setup(self) -> MissingModelSynthesizer:
+        out = Path(self.cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "setup_attempts.log", "a") as f:
+            f.write(f"{os.getpid()} {time.time()}\n")
+        raise FileNotFoundError("model folder /x missing")
+
+
+def build_missing_model(cfg) -> MissingModelSynthesizer:
+    return MissingModelSynthesizer(cfg)

@@ -3,11 +3,13 @@
 The generation job (test-double synthesizer) runs in-process, on a Ray actor pool and under Ray
 Data; shard bytes and the manifest's sample sets must be identical. A run killed mid-way and
 resumed with another executor still ends with exactly one sample per (reference, variant).
+A stage whose setup raises stops every executor at once with that error.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from factory.shards import Manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from jobcfg import REPO, kill_driver_after_first_shard, make_cfg, shard_bytes  # noqa: E402
+
+MISSING_MODEL = f"synthesizer={REPO / 'tests' / 'jobs' / 'doubles.py'}:build_missing_model"
 
 
 def sample_sets(out: Path) -> dict[str, set[str]]:
@@ -67,6 +71,44 @@ def test_a_run_killed_on_one_executor_resumes_on_another(in_process_run, city_ro
     accepted = Counter(r["key"] for r in manifest.rows() if r["status"] == "ok")
     assert len(accepted) == 6 and set(accepted.values()) == {1}
     assert shard_bytes(out) == shard_bytes(in_process_run[0])
+
+
+def _setup_attempts(out: Path) -> list[tuple[int, float]]:
+    """(process id, time) of every setup attempt of the missing-model double (tests/jobs/doubles.py)."""
+    log = out / "setup_attempts.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(int(pid), float(t)) for pid, t in (line.split() for line in lines)]
+
+
+def test_a_setup_error_stops_the_in_process_executor_with_its_own_error(city_root, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="model folder /x missing"):
+        run(make_cfg(city_root, out, "executor=in_process", MISSING_MODEL))
+    assert len(_setup_attempts(out)) == 1
+
+
+@pytest.mark.parametrize("executor", ["actor_pool", "ray_data"])
+def test_a_setup_error_stops_a_ray_executor_at_once_with_its_own_error(
+    city_root, ray_local, tmp_path, executor
+):
+    """A missing model folder is not a dead actor: no replacement loads the models again. The
+    job stops with the setup's own exception type and message, seconds after the first attempt,
+    after one setup attempt per actor slot (2 here). Before: the actor pool replaced the actor
+    ``max_actor_restarts`` times (9 attempts, 2 minutes on 2 cores) and raised a RuntimeError;
+    Ray Data raised its ActorDiedError."""
+    out = tmp_path / executor
+    cfg = make_cfg(city_root, out, f"executor={executor}", MISSING_MODEL)
+    with pytest.raises(FileNotFoundError, match="model folder /x missing"):
+        run(cfg)
+    stopped = time.time()
+    attempts = _setup_attempts(out)
+    pids = [pid for pid, _ in attempts]
+    assert 1 <= len(attempts) <= cfg.ray.num_actors, attempts
+    assert len(set(pids)) == len(pids), "a worker process set the stage up twice"
+    # From the first failed setup to the driver's exception: Ray reports the actor's death and
+    # the driver stops the other actor (the bound only catches retries or a hang).
+    first = min(t for _, t in attempts)
+    assert stopped - first < 15, f"{stopped - first:.1f} s from the setup error to the job's error"
 
 
 class _Recorder:
