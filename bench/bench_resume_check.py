@@ -89,7 +89,9 @@ def main() -> None:
     print(f"machine: {platform.node()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}")
     print(f"folder: {len(tasks)} shards x {args.per_shard} samples, {gb:.2f} GB (warm page cache)")
     for check, s in times.items():
-        print(f"resume_check={check:9s}: {s:7.3f} s  ({s / len(tasks) * 1e3:6.2f} ms/shard, {gb / s:6.2f} GB/s)")
+        print(
+            f"resume_check={check:9s}: {s:7.3f} s  ({s / len(tasks) * 1e3:6.2f} ms/shard, {gb / s:6.2f} GB/s)"
+        )
     print(f"checksums / members: {times['checksums'] / times['members']:.1f}x")
     print(f"dataset_identity: {stat_s / 30000 * 1e6:.1f} us per reference file (30000 stats)")
     print(f"path_identity (model content hash): {hash_s / gb:.2f} s per GB")
