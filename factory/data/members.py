@@ -10,7 +10,9 @@ every reader (factory.data.shards, downstream.segformer.shards) take the suffixe
 - ``<key>.json``: metadata (source key, variant, prompt, seed, the reference's meta under
   ``source`` (dataset, split, weather, ...), models with their ControlNet condition, scores);
 - ``<key>.layout.npy``: a neural layout (float16, N x H/16 x W/16), in layout shards;
-- ``<key>.agree.png``: per-pixel agreement of a judge with the reused label (optional).
+- ``<key>.agree.png``: per-pixel agreement of the judge segmenter with the reused label, at the
+  label's size, uint8: 1 agrees, 0 disagrees, 255 no label (factory.quality.checks); written
+  when the job has a judge (``quality.segmenter``).
 
 ``read_shard_samples`` iterates the raw members with stock webdataset, so the format is read
 the way anyone else's tools would read it.
@@ -46,6 +48,8 @@ MEMBER_KINDS: dict[str, str] = {suffix: kind for kind, suffix in LABEL_MEMBERS.i
 META_MEMBER = "json"
 LAYOUT_MEMBER = "layout.npy"
 AGREE_MEMBER = "agree.png"
+# members the job computes per synthetic sample (not copied from the reference)
+GENERATED_MEMBERS: tuple[str, ...] = (AGREE_MEMBER,)
 
 
 # The first bytes of the compressed formats webdataset/tarfile would inflate transparently.
@@ -99,6 +103,7 @@ def read_shard_samples(paths: Sequence[str | Path]) -> Iterator[dict[str, Any]]:
 
 __all__ = [
     "AGREE_MEMBER",
+    "GENERATED_MEMBERS",
     "COMPRESSION_MAGIC",
     "IMAGE_SUFFIXES",
     "LABEL_MEMBERS",

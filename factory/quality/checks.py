@@ -66,6 +66,8 @@ class QualityResult:
     ok: bool
     reason: str | None = None
     scores: dict[str, Any] = field(default_factory=dict)
+    # the judge's per-pixel agreement with the reused labels (``agreement_map``), when scored
+    agreement: np.ndarray | None = field(default=None, repr=False)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -75,14 +77,18 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def label_consistency(
+# The per-pixel agreement map (``<key>.agree.png``, factory.data.members.AGREE_MEMBER)
+AGREES, DISAGREES, NO_LABEL = 1, 0, 255
+
+
+def judge(
     image: np.ndarray, labels: np.ndarray, segmenter: SegmenterLike, *, labelids: bool = False
-) -> float:
-    """mIoU of ``segmenter``'s prediction on ``image`` against the reused ``labels``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, reused labels), both trainIds at the labels' size.
 
     ``labels`` are trainIds (255 = ignore), or Cityscapes labelIds with ``labelids=True``. A
     synthetic image may be smaller than its labels: the prediction is resized (nearest) to the
-    labels, never the labels to the image. NaN when neither has a valid pixel.
+    labels, never the labels to the image.
     """
     gt = labels
     if labelids:
@@ -92,7 +98,25 @@ def label_consistency(
     pred: np.ndarray = np.asarray(segmenter.predict(image)).astype(np.uint8)
     if pred.shape != gt.shape:
         pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return miou(pred, gt.astype(np.uint8))
+    return pred, gt.astype(np.uint8)
+
+
+def agreement_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """uint8 HxW: AGREES (1) where the judge's class is the reused label's, DISAGREES (0) where
+    it is not, NO_LABEL (255) where the label is ignore. Generated images drift from their
+    masks, mostly at boundaries; downstream training may ignore the disagreeing pixels."""
+    out = np.where(pred == gt, AGREES, DISAGREES).astype(np.uint8)
+    out[gt == 255] = NO_LABEL
+    return out
+
+
+def label_consistency(
+    image: np.ndarray, labels: np.ndarray, segmenter: SegmenterLike, *, labelids: bool = False
+) -> float:
+    """mIoU of ``segmenter``'s prediction on ``image`` against the reused ``labels`` (``judge``).
+    NaN when neither has a valid pixel."""
+    pred, gt = judge(image, labels, segmenter, labelids=labelids)
+    return miou(pred, gt)
 
 
 def check_sample(
@@ -127,16 +151,26 @@ def check_sample(
     if std < cfg.min_std:
         kind = "black" if mean < cfg.dark_mean else "constant"
         return QualityResult(False, f"{kind}: pixel std {std:.2f} < min_std {cfg.min_std}", scores)
+    agreement = None
     if labels is not None and segmenter is not None:
-        score = label_consistency(to_uint8(image), labels, segmenter, labelids=labelids)
+        pred, gt = judge(to_uint8(image), labels, segmenter, labelids=labelids)
+        score = miou(pred, gt)
+        agreement = agreement_map(pred, gt)
+        labelled = agreement != NO_LABEL
         scores["label_miou"] = None if np.isnan(score) else round(score, 6)
+        scores["label_agreement"] = (
+            round(float((agreement[labelled] == AGREES).mean()), 6) if labelled.any() else None
+        )
         if cfg.min_label_miou is not None and not (score >= cfg.min_label_miou):
             return QualityResult(
-                False, f"label_consistency: mIoU {score:.3f} < min_label_miou {cfg.min_label_miou}", scores
+                False,
+                f"label_consistency: mIoU {score:.3f} < min_label_miou {cfg.min_label_miou}",
+                scores,
+                agreement,
             )
     elif cfg.min_label_miou is not None and labels is not None:
         raise ValueError("quality.min_label_miou is set but no segmenter was given (fix: configure one)")
-    return QualityResult(True, None, scores)
+    return QualityResult(True, None, scores, agreement)
 
 
 def check_output(
@@ -163,11 +197,16 @@ def check_output(
 
 
 __all__ = [
+    "AGREES",
+    "DISAGREES",
+    "NO_LABEL",
     "QualityConfig",
     "QualityResult",
     "SegmenterLike",
+    "agreement_map",
     "check_output",
     "check_sample",
+    "judge",
     "label_consistency",
     "to_uint8",
 ]

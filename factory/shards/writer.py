@@ -29,7 +29,7 @@ import numpy as np
 
 from factory.atomic import fsync_dir, sha256
 from factory.config import check
-from factory.data.members import LABEL_MEMBERS, META_MEMBER, ImageFormat, member_name
+from factory.data.members import GENERATED_MEMBERS, LABEL_MEMBERS, META_MEMBER, ImageFormat, member_name
 from factory.data.sample import DataError, SampleRef, check_key
 
 
@@ -64,6 +64,16 @@ def encode_image(image: np.ndarray, cfg: ShardConfig) -> bytes:
     ok, buf = cv2.imencode("." + cfg.image_format, bgr, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {image.shape} image as {cfg.image_format}")
+    return buf.tobytes()
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """An HxW uint8 map (e.g. the agreement member) as a deterministic 8-bit grey PNG."""
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"mask must be HxW uint8, got {mask.dtype} {mask.shape}")
+    ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {mask.shape} mask as PNG")
     return buf.tobytes()
 
 
@@ -111,8 +121,16 @@ class ShardWriter:
         self._keys: set[str] = set()
         self._closed = False
 
-    def add(self, key: str, image: np.ndarray, labels: dict[str, Path], meta: dict[str, Any]) -> None:
-        """Queue one sample: ``image`` RGB uint8, ``labels`` member suffix -> file, ``meta`` JSON."""
+    def add(
+        self,
+        key: str,
+        image: np.ndarray,
+        labels: dict[str, Path],
+        meta: dict[str, Any],
+        generated: dict[str, bytes] | None = None,
+    ) -> None:
+        """Queue one sample: ``image`` RGB uint8, ``labels`` member suffix -> file, ``meta`` JSON,
+        ``generated`` members the job computed (``GENERATED_MEMBERS`` suffix -> bytes)."""
         if self._closed:
             raise RuntimeError(f"shard {self.path} is already closed")
         check_key(key)
@@ -123,8 +141,12 @@ class ShardWriter:
                 raise ValueError(
                     f"unknown label member {suffix!r}; allowed: {sorted(LABEL_MEMBERS.values())}"
                 )
+        for suffix in generated or {}:
+            if suffix not in GENERATED_MEMBERS:
+                raise ValueError(f"unknown generated member {suffix!r}; allowed: {list(GENERATED_MEMBERS)}")
         self._keys.add(key)
         label_bytes = {suffix: Path(p).read_bytes() for suffix, p in sorted(labels.items())}
+        label_bytes.update(sorted((generated or {}).items()))
         meta_bytes = json.dumps(meta, sort_keys=True, indent=1).encode("utf-8")
         self._pending.append((key, self._pool.submit(encode_image, image, self.cfg), label_bytes, meta_bytes))
 
@@ -206,6 +228,7 @@ __all__ = [
     "ShardWriter",
     "WrittenSample",
     "encode_image",
+    "encode_mask",
     "label_files",
     "remove_stale_temporaries",
 ]

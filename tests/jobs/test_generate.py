@@ -269,7 +269,7 @@ def test_label_consistency_is_scored_against_the_reused_labels_and_gates(
     import cv2
     import numpy as np
 
-    from factory.quality import label_consistency
+    from factory.quality import judge, label_consistency
     from factory.quality.segmenter import Segmenter
 
     seg = ["ray.num_actors=1", f"quality.segmenter={tiny_segmenter}"]
@@ -283,6 +283,13 @@ def test_label_consistency_is_scored_against_the_reused_labels_and_gates(
         expected = label_consistency(np.ascontiguousarray(image), labels, segmenter, labelids=True)
         assert meta["quality"]["label_miou"] == pytest.approx(expected, abs=1e-6)
         assert 0.0 <= meta["quality"]["label_miou"] < 1.0
+        # the per-pixel agreement member: the judge's prediction vs the reused labels
+        agree = cv2.imdecode(np.frombuffer(s["agree.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        pred, gt = judge(np.ascontiguousarray(image), labels, segmenter, labelids=True)
+        assert agree.shape == labels.shape and set(np.unique(agree)) <= {0, 1, 255}
+        assert np.array_equal(agree == 255, gt == 255)
+        assert np.array_equal(agree[gt != 255] == 1, (pred == gt)[gt != 255])
+        assert meta["quality"]["label_agreement"] == pytest.approx((agree[gt != 255] == 1).mean(), abs=1e-6)
 
     # An unreachable threshold: every attempt is rejected for label consistency, with new seeds.
     gated = run(

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from factory.data.members import AGREE_MEMBER
 from factory.data.sample import DataError, Sample, SampleRef
 from factory.jobs.generate.config import GenerateConfig
 from factory.jobs.loading import load_ahead
@@ -30,6 +31,7 @@ from factory.jobs.stage import Resources, ShardTask
 from factory.quality import QualityConfig, SampleResult, synthesize_with_retries
 from factory.quality.checks import to_uint8
 from factory.shards import Manifest, ManifestRow, ShardWriter, label_files
+from factory.shards.writer import encode_mask
 from factory.synth.seeds import sample_seed
 from factory.synth.synthesizer import SynthOutput, WorkItem
 from factory.synth.variants import Variant
@@ -215,7 +217,10 @@ class GenerateStage:
                 if res.status != "ok":
                     continue
                 image = to_uint8(np.asarray(res.output.image))
-                writer.add(item.key, image, labels, self._metadata(item, sample, res, image))
+                # with a judge, where it agrees with the reused labels (label-noise-aware reuse)
+                agreement = res.quality.agreement
+                generated = {AGREE_MEMBER: encode_mask(agreement)} if agreement is not None else None
+                writer.add(item.key, image, labels, self._metadata(item, sample, res, image), generated)
                 self._maybe_preview(sample, previews)
         # 4. Commit: the tar first (atomic rename), then its manifest part.
         written = {w.key: w for w in writer.close()}
