@@ -28,7 +28,7 @@ from mmseg.registry import DATASETS
 from factory.data.acdc import WEATHERS as ACDC_WEATHERS
 from factory.data.acdc import list_acdc
 from factory.data.cityscapes import list_cityscapes
-from factory.data.members import MAX_MEMBER_BYTES, member_name
+from factory.data.members import AGREE_MEMBER, MAX_MEMBER_BYTES, member_name
 from factory.data.sample import DataError
 
 from .hooks import SKIPPED_KEY
@@ -183,7 +183,13 @@ class LumenShardDataset(_LumenSegDataset):
     A synthetic image smaller than its labels is resized up to them by ``LoadLumenImage``.
     ``max_member_bytes`` bounds one member's declared size (checked before reading it); a shard
     whose samples differ from its job's manifest, or a key in two shards, is an error
-    (``index_shards``)."""
+    (``index_shards``).
+
+    ``agreement_ignore`` (off by default): pixels where the factory's judge disagreed with the
+    reused label (``<key>.agree.png`` == 0, written when the generation job had
+    ``quality.segmenter``) become ignore (255) in training - generated images drift from their
+    masks, mostly at boundaries, and those pixels would teach the wrong class. A sample without
+    the member is an error naming it (regenerate with a judge, or turn the switch off)."""
 
     def __init__(
         self,
@@ -191,11 +197,13 @@ class LumenShardDataset(_LumenSegDataset):
         source: str = "synth",
         limit: int | None = None,
         max_member_bytes: int = MAX_MEMBER_BYTES,
+        agreement_ignore: bool = False,
         **kwargs: Any,
     ):
         self.shards = shards
         self.limit = limit
         self.max_member_bytes = max_member_bytes
+        self.agreement_ignore = agreement_ignore
         super().__init__(source=source, data_root=None, **kwargs)
 
     def load_data_list(self) -> list[dict]:
@@ -203,6 +211,12 @@ class LumenShardDataset(_LumenSegDataset):
         for s in index_shards(expand_shards(self.shards), self.max_member_bytes):
             meta = read_meta(s)
             files = {suf: (m.shard, m.offset, m.size) for suf, m in s.files.items()}
+            if self.agreement_ignore and AGREE_MEMBER not in files:
+                raise DataError(
+                    f"{s.shard}:{member_name(s.key, AGREE_MEMBER)}",
+                    "agreement_ignore is on but this sample has no agreement member",
+                    "generate the shards with quality.segmenter set, or turn agreement_ignore off",
+                )
             out.append(
                 dict(
                     img_path=f"{s.shard}#{s.key}",
@@ -210,6 +224,7 @@ class LumenShardDataset(_LumenSegDataset):
                     shard_files=files,
                     image_suffix=s.image_suffix,
                     label_encoding="labelIds",
+                    agreement_ignore=self.agreement_ignore,
                     key=s.key,
                     dataset="shards",
                     weather=str(meta.get("variant", "clear")),

@@ -110,6 +110,7 @@ def build_config(
     *,
     synth: str | list[str] | None = None,
     ratio: float = 0.5,
+    agreement_ignore: bool = False,
     work_dir: str | Path | None = None,
     max_iters: int | None = None,
     seed: int | None = None,
@@ -131,7 +132,12 @@ def build_config(
                 f"--ratio {ratio}: must be in (0, 1), the fraction of samples drawn from --synth"
             )
         real = copy.deepcopy(cfg.train_dataloader.dataset)
-        shard_ds = dict(type="LumenShardDataset", shards=synth, pipeline=copy.deepcopy(real["pipeline"]))
+        shard_ds = dict(
+            type="LumenShardDataset",
+            shards=synth,
+            pipeline=copy.deepcopy(real["pipeline"]),
+            agreement_ignore=agreement_ignore,
+        )
         cfg.train_dataloader.dataset = dict(type="MixedDataset", real=real, synth=shard_ds, ratio=ratio)
         cfg.train_dataloader.sampler = dict(type="MixedSampler", shuffle=True)
     if max_iters is not None:
@@ -178,6 +184,12 @@ def main(argv: list[str] | None = None) -> Any:
     p.add_argument(
         "--ratio", type=float, default=0.5, help="fraction of training samples from --synth (default 0.5)"
     )
+    p.add_argument(
+        "--agreement-ignore",
+        action="store_true",
+        help="ignore the --synth pixels where the factory's judge disagreed with the reused label "
+        "(<key>.agree.png; shards generated with quality.segmenter)",
+    )
     p.add_argument("--work-dir", default=None, help="logs and checkpoints (default work_dirs/<config>)")
     p.add_argument("--max-iters", type=int, default=None, help="override the schedule length")
     p.add_argument("--seed", type=int, default=None)
@@ -196,6 +208,7 @@ def main(argv: list[str] | None = None) -> Any:
         a.config,
         synth=a.synth,
         ratio=a.ratio,
+        agreement_ignore=a.agreement_ignore,
         work_dir=a.work_dir,
         max_iters=a.max_iters,
         seed=a.seed,

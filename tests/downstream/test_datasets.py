@@ -271,6 +271,14 @@ def test_mixed_dataset_needs_mixed_sampler(city_env, ref_shards, tmp_path):
         work_dir=tmp_path,
     )
     assert cfg.train_dataloader.sampler.type == "MixedSampler"
+    assert cfg.train_dataloader.dataset.synth.agreement_ignore is False  # off by default
+    on = build_config(
+        CONFIG_DIR / "segformer_tiny_procedural-64x128.py",
+        synth=str(ref_shards[0].parent / "*.tar"),
+        agreement_ignore=True,
+        work_dir=tmp_path,
+    )
+    assert on.train_dataloader.dataset.synth.agreement_ignore is True
     bad = tmp_path / "bad_sampler.py"
     cfg.train_dataloader.sampler = dict(type="InfiniteSampler", shuffle=True)
     cfg.dump(str(bad))
@@ -348,3 +356,41 @@ def test_a_training_sample_whose_label_is_a_decompression_bomb_is_skipped(cs_roo
     meta = ds[keys.index(f"{refs[1].key}__fog")]["data_samples"].metainfo
     assert meta["key"] == f"{refs[0].key}__fog"
     assert "too large" in meta["skipped_samples"][0]["reason"]
+
+
+def test_agreement_ignore_turns_the_judges_disagreements_into_ignore(cs_root, tmp_path):
+    """With ``agreement_ignore`` the pixels whose agree.png is 0 become 255 in the training
+    labels, the others keep their class; off (the default) the labels are the reused ones; a
+    shard without the member is refused when the switch is on."""
+    import numpy as np
+    from PIL import Image
+
+    from factory.data.cityscapes import list_cityscapes
+    from factory.data.labels import id_to_trainid
+    from factory.shards import ShardWriter, label_files
+    from factory.shards.writer import encode_mask
+
+    ref = list_cityscapes(cs_root, "train").refs[0]
+    labelids = np.asarray(Image.open(ref.paths["labelids"]))
+    agree = np.ones(labelids.shape, np.uint8)
+    agree[:, : labelids.shape[1] // 2] = 0  # the judge disagrees on the left half
+    image = np.asarray(Image.open(ref.paths["image"]).convert("RGB"))
+    shard = tmp_path / "agree" / "shard-000000.tar"
+    w = ShardWriter(shard)
+    w.add(
+        f"{ref.key}__fog", image, label_files(ref), {"source_key": ref.key}, {"agree.png": encode_mask(agree)}
+    )
+    w.close()
+    plain = tmp_path / "plain" / "shard-000000.tar"
+    w = ShardWriter(plain)
+    w.add(f"{ref.key}__fog", image, label_files(ref), {"source_key": ref.key})
+    w.close()
+
+    expected = id_to_trainid(labelids)
+    off = _build(dict(type="LumenShardDataset", shards=str(shard), pipeline=LOAD))[0]["gt_seg_map"]
+    on = _build(dict(type="LumenShardDataset", shards=str(shard), pipeline=LOAD, agreement_ignore=True))[0]
+    assert np.array_equal(off, expected)
+    assert (on["gt_seg_map"][agree == 0] == 255).all()
+    assert np.array_equal(on["gt_seg_map"][agree == 1], expected[agree == 1])
+    with pytest.raises(DataError, match="no agreement member"):
+        _build(dict(type="LumenShardDataset", shards=str(plain), pipeline=LOAD, agreement_ignore=True))
