@@ -137,6 +137,7 @@ def evaluate(
     from .visualise import prediction_row, save_sheet
 
     model.eval()
+    device = next(model.parameters()).device  # inputs go where the trained weights are
     out.mkdir(parents=True, exist_ok=True)
     cm, dm = ConfusionMatrix(), DepthMetrics(max_depth)
     preds: dict[str, list[dict[str, Any]]] = {}
@@ -150,7 +151,7 @@ def evaluate(
         except DataError as e:
             skipped.append({"key": ref.key, "reason": str(e)})
             continue
-        o = model(p.image[None])
+        o = {k: v.float().cpu() for k, v in model(p.image[None].to(device)).items()}
         label_size = p.label_trainids.shape
         seg = F.interpolate(o["semantic"], size=label_size, mode="bilinear", align_corners=False)
         seg_pred = seg.argmax(1)[0].numpy().astype(np.uint8)

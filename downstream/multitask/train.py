@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from downstream.checkpoints import load_checkpoint
 from factory.atomic import atomic_torch_save
-from factory.config import check, load_config, to_dict
+from factory.config import ConfigError, check, load_config, to_dict
 from factory.data.sample import DataError
+from factory.models import resolve_device
 
 from .data import MultitaskDataset, TargetSpec, collate, list_refs
 from .model import STRIDE, LossWeights, ModelConfig, MultiTaskNet, losses
@@ -80,6 +81,11 @@ class MultitaskConfig:
     weight_decay: float = 0.01
     seed: int = 0
     num_workers: int = 0
+    # where the network runs: "auto" = the first GPU when there is one, else the CPU
+    device: str = "auto"
+    # mixed precision: bf16 autocast (GPU: Ampere or newer; also runs on a CPU), fp16 autocast
+    # with a gradient scaler (older GPUs), or none. Weights and optimiser state stay float32.
+    amp: Literal["none", "bf16", "fp16"] = "none"
     cache: bool = False  # keep prepared samples in memory (small datasets; see MultitaskDataset)
     flip: float = 0.5  # probability of mirroring a training sample left-right (inputs and targets)
     checkpoint_every: int = 100
@@ -165,14 +171,20 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
         len(refs_real), len(refs_synth), cfg.ratio, cfg.iters * cfg.batch_size, cfg.seed, cfg.flip
     )
 
-    model = MultiTaskNet(cfg.model, len(cfg.box_classes))
+    device = resolve_device(cfg.device)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp: fp16 needs a CUDA device (its gradient scaler); use bf16 or none on a CPU")
+    model = MultiTaskNet(cfg.model, len(cfg.box_classes)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     start = 0
     latest = out / "latest.pt"
     if resume and latest.is_file():
         state = load_checkpoint(latest, allowed=())  # tensors and plain containers only
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
         print(f"resumed from {latest} at step {start}")
     # The draw schedule is fixed up front: a resumed run draws exactly what the uninterrupted one did.
@@ -182,6 +194,8 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
         shuffle=False,
         num_workers=cfg.num_workers,
         collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
     )
     bad_log, loss_log = out / "bad_samples.jsonl", out / "losses.jsonl"
     for log in (bad_log, loss_log):  # drop lines of steps a resumed run redoes: nothing twice
@@ -199,23 +213,27 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
         if "image" in batch:
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, step)
-            out_ = model(batch["image"])
-            ls = losses(out_, batch, cfg.loss)
+            batch = to_device(batch, device)
+            with autocast(device, cfg.amp):
+                out_ = model(batch["image"])
+            # losses in float32 whatever the forward ran in (heatmap focal loss, log depth)
+            ls = losses({k: v.float() for k, v in out_.items()}, batch, cfg.loss)
             if not torch.isfinite(ls["total"]):
                 raise FloatingPointError(
                     f"step {step}: loss is {ls['total'].item()} ({ {k: float(v) for k, v in ls.items()} }); "
                     f"lower lr, or check this step's samples; {latest} holds the last checkpoint"
                 )
             opt.zero_grad(set_to_none=True)
-            ls["total"].backward()
-            opt.step()
+            scaler.scale(ls["total"]).backward()
+            scaler.step(opt)
+            scaler.update()
             logged = {"step": step, **{k: float(v.detach()) for k, v in ls.items()}}
             with loss_log.open("a") as f:
                 f.write(json.dumps(logged) + "\n")
             bar.set_postfix(loss=f"{logged['total']:.3f}", bad=n_bad)
         step += 1
         if step % cfg.checkpoint_every == 0 or step == cfg.iters:
-            _save(latest, model, opt, step)
+            _save(latest, model, opt, step, scaler)
     train_seconds = time.perf_counter() - t0
     summary: dict[str, Any] = {
         "steps": cfg.iters,
@@ -224,6 +242,8 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
         "real": len(refs_real),
         "synth": len(refs_synth),
         "bad_samples": n_bad,
+        "device": str(device),
+        "amp": cfg.amp,
     }
     if cfg.val is not None:
         from .evaluate import evaluate
@@ -263,9 +283,32 @@ def _keep_steps_before(log: Path, step: int) -> None:
     log.write_text("".join(x + "\n" for x in lines))
 
 
-def _save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (non-blocking from pinned memory); lists stay as they are."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
+
+
+def autocast(device: torch.device, amp: str) -> Any:
+    """The forward pass's autocast context for ``amp`` (a no-op context for "none")."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _save(
+    path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, scaler: torch.amp.GradScaler
+) -> None:
     # a kill mid-save leaves the previous checkpoint intact
-    atomic_torch_save(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step})
+    atomic_torch_save(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "scaler": scaler.state_dict(),
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
