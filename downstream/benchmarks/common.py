@@ -1,4 +1,11 @@
-"""What the benchmarks share: per-run folders, mean +- std over seeds, and writing a result."""
+"""What the benchmarks share: per-run folders, finished runs kept, mean +- std over seeds, results.
+
+A benchmark is many (mix, seed) trainings; an interrupted benchmark must not retrain the ones
+that finished. Each run writes ``scores.json`` into its folder with the digest of its recipe
+(``finished_scores``/``record_scores``): a rerun with the same recipe takes the scores from
+there, a run killed mid-training resumes from its own latest checkpoint, and a changed recipe
+(config contents, shards, ratio, schedule) trains again from scratch.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,61 @@ from typing import Any
 
 import numpy as np
 
+from factory.atomic import atomic_write_text, digest, file_digest
+
+SCORES = "scores.json"
+
 
 def run_dir(out: Path, mix: str, seed: int) -> Path:
     """The work folder of one training run: ``out/<mix>/seed<seed>`` ("real + LUMEN" -> "real+LUMEN")."""
     return out / mix.replace(" + ", "+").replace(" ", "_") / f"seed{seed}"
+
+
+def recipe_digest(config: str | Path, **settings: Any) -> str:
+    """What defines one run's result: the config file's bytes and the run's settings."""
+    return digest({"config": file_digest(config, 64), **settings})
+
+
+def finished_scores(work_dir: Path, recipe: str) -> dict[str, float] | None:
+    """The scores of a run that finished with this recipe, or None. A folder of another
+    recipe loses its scores and checkpoints (they must not be resumed into this one)."""
+    path = work_dir / SCORES
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            record = {}
+        if record.get("recipe") == recipe:
+            print(f"{work_dir}: finished earlier with this recipe, scores reused")
+            return dict(record["scores"])
+    stamp = work_dir / "recipe.txt"
+    if work_dir.is_dir() and (not stamp.is_file() or stamp.read_text() != recipe):
+        # another recipe's run (or no stamp): its scores and checkpoints must not be resumed
+        # into this one; its logs stay (mmengine's in-process loggers may still hold them)
+        for stale in [SCORES, "last_checkpoint", "latest.pt", *(p.name for p in work_dir.glob("*.pth"))]:
+            (work_dir / stale).unlink(missing_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, recipe)
+    return None
+
+
+def files_identity(paths: list[str] | list[Path]) -> dict[str, list[int]]:
+    """(size, mtime_ns) of each file: rewritten shards change the recipe, at one stat each
+    (hashing them would read the whole synthetic dataset once per run)."""
+    out = {}
+    for p in sorted(str(x) for x in paths):
+        st = Path(p).stat()
+        out[p] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def has_checkpoint(work_dir: Path) -> bool:
+    """A run of this recipe was interrupted after its first checkpoint (mmengine or ours)."""
+    return (work_dir / "last_checkpoint").is_file() or (work_dir / "latest.pt").is_file()
+
+
+def record_scores(work_dir: Path, recipe: str, scores: dict[str, float]) -> None:
+    atomic_write_text(work_dir / SCORES, json.dumps({"recipe": recipe, "scores": scores}, indent=2))
 
 
 def summarise(

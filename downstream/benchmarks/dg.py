@@ -22,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from downstream.benchmarks.common import run_dir, save_result, summarise
+from downstream.benchmarks.common import (
+    files_identity,
+    finished_scores,
+    has_checkpoint,
+    recipe_digest,
+    record_scores,
+    run_dir,
+    save_result,
+    summarise,
+)
+from downstream.segformer.shards import expand_shards
 from factory.data.sample import DataError
 
 COLUMNS = ("CS", "Rain", "Fog", "Snow", "Night", "Avg")
@@ -125,15 +135,22 @@ def run_one(
     work_dir: Path,
     forbidden: set[str],
 ) -> dict[str, float]:
-    """Train one (mix, seed) and evaluate it on CS val and each ACDC weather."""
+    """Train one (mix, seed) and evaluate it on CS val and each ACDC weather; a run that
+    finished earlier with the same recipe is not trained again, one killed mid-way resumes."""
     from mmseg.registry import DATASETS
 
     from downstream.segformer.evaluate import predict_and_score
     from downstream.segformer.train import build_config, train
 
+    shards = files_identity(expand_shards(synth)) if synth else {}
+    recipe = recipe_digest(config, shards=shards, ratio=ratio, seed=seed, max_iters=max_iters)
+    done = finished_scores(work_dir, recipe)
+    if done is not None:
+        return done
     cfg = build_config(
         config, synth=synth, ratio=ratio, work_dir=work_dir, max_iters=max_iters, seed=seed, validate=False
     )
+    cfg.resume = has_checkpoint(work_dir)
     # 1. guard: build the training set's index (no images decoded) and check every key
     train_set = DATASETS.build(cfg.train_dataloader.dataset)
     check_no_acdc_in_training(train_set, forbidden)
@@ -147,7 +164,7 @@ def run_one(
         column = ACDC_COLUMNS.get(name, name)
         row[column] = predict_and_score(runner.model, DATASETS.build(ds_cfg), desc=column).miou()
     row["Avg"] = float(np.mean([row[c] for c in ACDC_COLUMNS.values()]))
-    (work_dir / "scores.json").write_text(json.dumps(row, indent=2))
+    record_scores(work_dir, recipe, row)
     return row
 
 

@@ -20,8 +20,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from downstream.benchmarks.common import run_dir, save_result, summarise
-from factory.config import load_config
+from downstream.benchmarks.common import (
+    files_identity,
+    finished_scores,
+    has_checkpoint,
+    recipe_digest,
+    record_scores,
+    run_dir,
+    save_result,
+    summarise,
+)
+from factory.config import load_config, to_dict
 
 COLUMNS = ("mIoU", "AbsRel", "delta1", "mDS")
 MIXES = ("real", "LUMEN", "real + LUMEN")
@@ -112,8 +121,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cfg = load_config(MultitaskConfig, a.config, [*a.overrides, *extra, f"seed={seed}", f"out={wd}"])
             if cfg.val is None:
                 p.error("the config needs a val source: the benchmark evaluates every run")
-            summary = train(cfg)
-            runs.setdefault(mix, []).append(row(summary["eval"]))
+            shards = files_identity(sorted(Path(cfg.synth.root).rglob("*.tar"))) if cfg.synth else {}
+            recipe = recipe_digest(a.config, run=to_dict(cfg), shards=shards)
+            scores = finished_scores(wd, recipe)
+            if scores is None:
+                summary = train(cfg, resume=has_checkpoint(wd))
+                scores = row(summary["eval"])
+                record_scores(wd, recipe, scores)
+            runs.setdefault(mix, []).append(scores)
     assert cfg is not None and cfg.val is not None
     refs = list_refs(cfg.val.kind, cfg.val.root, cfg.val.split)[: cfg.eval.limit]
     ceiling = gt_ceiling(refs, a.out / "gt_ceiling", tuple(cfg.box_classes), cfg.eval.min_iou)

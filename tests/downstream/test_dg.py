@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,49 @@ def test_dg_miniature_run(city_env, ref_shards, tmp_path):
         assert len(mix) == 1 and all(set(r) == set(dg.COLUMNS) for r in mix)
     assert (out / "dg.png").stat().st_size > 1000
     assert json.loads((out / "dg.json").read_text())["seeds"] == [0]
+
+
+def test_dg_rerun_reuses_finished_runs_and_resumes_a_killed_one(city_env, ref_shards, tmp_path, monkeypatch):
+    """A rerun trains nothing that finished with the same recipe; a run killed after its
+    checkpoint resumes from it; another recipe (a different --max-iters) trains afresh."""
+    import downstream.segformer.train as seg_train
+
+    out = tmp_path / "dg"
+    lumen = str(ref_shards[0].parent / "*.tar")
+    argv = ["--config", str(CONFIG), "--lumen", lumen, "--seeds", "0", "--max-iters", "2", "--out", str(out)]
+    first = dg.main(argv)
+    trained: list[tuple[str, bool]] = []
+    real_train = seg_train.train
+
+    def counting_train(cfg):
+        trained.append((cfg.work_dir, bool(cfg.resume)))
+        return real_train(cfg)
+
+    monkeypatch.setattr(seg_train, "train", counting_train)
+    again = dg.main(argv)
+    assert trained == [] and again["runs"] == first["runs"]
+    trained.clear()
+    dg.main([*argv[:-4], "--max-iters", "3", "--out", str(out)])  # another recipe: both retrain
+    assert set(trained) == {(str(out / "real" / "seed0"), False), (str(out / "real+LUMEN" / "seed0"), False)}
+    # "kill" the real-only run after its checkpoint (its scores are gone, its checkpoint is not)
+    # and rerun the benchmark as a user would, in a new process: that run alone resumes
+    killed = out / "real" / "seed0"
+    (killed / "scores.json").unlink()
+    assert (killed / "last_checkpoint").is_file()
+    before = {p.name for p in (out / "real+LUMEN" / "seed0").iterdir()}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "downstream.benchmarks.dg",
+        *argv[:-4],
+        "--max-iters",
+        "3",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = sorted(killed.glob("*/*.log"))
+    assert "resumed" in logs[-1].read_text().lower() and (killed / "scores.json").is_file()
+    assert {p.name for p in (out / "real+LUMEN" / "seed0").iterdir()} == before  # not retrained

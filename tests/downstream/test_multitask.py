@@ -370,7 +370,7 @@ def test_cli_trains_all_three_tasks_and_evaluates(cs_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_multitask_benchmark_table(cs_root, tmp_path):
+def test_multitask_benchmark_table(cs_root, tmp_path, monkeypatch):
     """The Table-3 benchmark trains the three mixes, scores each with the three evaluators and
     writes the table, the JSON and the plot."""
     from downstream.benchmarks.multitask import COLUMNS
@@ -378,13 +378,12 @@ def test_multitask_benchmark_table(cs_root, tmp_path):
 
     shards = _write_variant_shard(cs_root, tmp_path / "synth")
     out = tmp_path / "bench"
-    result = bench(
-        [
-            "--lumen", str(shards), "--seeds", "0", "--out", str(out),
-            f"real.root={cs_root}", f"val.root={cs_root}", "iters=4", "batch_size=2",
-            "model.embed_dims=8", "model.num_heads=[1, 1, 2, 2]", "model.channels=16",
-        ]
-    )  # fmt: skip
+    argv = [
+        "--lumen", str(shards), "--seeds", "0", "--out", str(out),
+        f"real.root={cs_root}", f"val.root={cs_root}", "iters=4", "batch_size=2",
+        "model.embed_dims=8", "model.num_heads=[1, 1, 2, 2]", "model.channels=16",
+    ]  # fmt: skip
+    result = bench(argv)
     assert list(result["summary"]) == ["real", "LUMEN", "real + LUMEN"]
     for mix, cols in result["summary"].items():
         assert set(cols) == set(COLUMNS) and cols["mIoU"]["n"] == 1
@@ -392,6 +391,17 @@ def test_multitask_benchmark_table(cs_root, tmp_path):
         assert (run["real"], run["synth"]) == {"real": (6, 0), "LUMEN": (0, 6), "real + LUMEN": (6, 6)}[mix]
     assert 0 < result["gt_ceiling"]["mDetection_Score"] <= 100
     assert (out / "multitask.png").stat().st_size > 1000 and (out / "multitask.json").is_file()
+    # a rerun trains nothing that finished; a run whose scores are lost resumes from latest.pt
+    import downstream.multitask.train as mt
+
+    calls: list[bool] = []
+    real_train = mt.train
+    monkeypatch.setattr(
+        mt, "train", lambda cfg, resume=False: calls.append(resume) or real_train(cfg, resume=resume)
+    )
+    (out / "LUMEN" / "seed0" / "scores.json").unlink()
+    again = bench(argv)
+    assert calls == [True] and again["runs"] == result["runs"]
 
 
 @pytest.mark.parametrize("name", ["multitask_procedural.yaml", "multitask_cityscapes.yaml"])
