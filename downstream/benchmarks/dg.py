@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from downstream.benchmarks.common import run_dir, save_result, summarise
+from factory.cli import run_cli
 from factory.data.sample import DataError
 
 COLUMNS = ("CS", "Rain", "Fog", "Snow", "Night", "Avg")
@@ -227,4 +229,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run_cli(main, on_interrupt="rerun the same command: every run of the benchmark trains from scratch")
+    )

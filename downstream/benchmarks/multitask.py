@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from downstream.benchmarks.common import run_dir, save_result, summarise
+from factory.cli import run_cli
 from factory.config import load_config
 
 COLUMNS = ("mIoU", "AbsRel", "delta1", "mDS")
@@ -136,4 +138,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run_cli(main, on_interrupt="rerun the same command: every run of the benchmark trains from scratch")
+    )

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from factory.cli import RESUME_JOB, run_cli
 from factory.config import load_config
 from factory.jobs.generate.config import GenerateConfig
 from factory.jobs.generate.run import run
@@ -22,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(GenerateConfig, args.config, args.overrides)
+    cfg = load_config(GenerateConfig, args.config, args.overrides, config_dir="configs/generate")
     summary = run(cfg)
     print(
         json.dumps(
@@ -43,4 +44,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=RESUME_JOB))
