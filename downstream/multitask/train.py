@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from downstream.checkpoints import load_checkpoint
 from factory.atomic import atomic_torch_save
-from factory.cli import run_cli
+from factory.cli import config_help, run_cli
 from factory.config import check, load_config, to_dict
 from factory.data.sample import DataError
 
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         prog="python -m downstream.multitask.train",
         description=__doc__,
+        epilog=config_help(MultitaskConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, required=True, help="YAML with MultitaskConfig fields")

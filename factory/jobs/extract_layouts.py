@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from factory.atomic import digest
-from factory.cli import RESUME_JOB, run_cli
+from factory.cli import RESUME_JOB, config_help, run_cli
 from factory.config import check, load_config, to_dict
 from factory.data.datasets import DatasetConfig
 from factory.data.members import LAYOUT_MEMBER, META_MEMBER
@@ -63,7 +63,7 @@ log = logging.getLogger("factory.jobs.extract_layouts")
 class ExtractConfig:
     """The extraction job: which references, how layouts are computed, how work is split."""
 
-    out: Path
+    out: Path  # the job's folder: shards/, manifest/, plan.json, pca/ (when fitted here)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     samples_per_shard: int = 64
@@ -355,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m factory.jobs.extract_layouts",
         description=__doc__.split("\n\n")[0],
+        epilog=config_help(ExtractConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="configs/extract/<name>.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")

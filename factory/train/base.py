@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from factory.cli import run_cli
+from factory.cli import config_help, run_cli
 from factory.config import check, load_config, to_dict
 
 WEATHERS = ("clear", "fog", "night", "rain", "snow")
@@ -581,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m factory.train.base",
         description=__doc__.split("\n\n")[0],
+        epilog=config_help(BaseTrainConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--config", type=Path, default=None, help="YAML with BaseTrainConfig fields")

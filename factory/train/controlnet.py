@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from factory.atomic import fsync_dir
-from factory.cli import run_cli
+from factory.cli import config_help, run_cli
 from factory.config import ConfigError, check, from_dict, load_config, to_dict
 from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.sample import DataError, Sample, SampleRef
@@ -692,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m factory.train.controlnet",
         description="Train a ControlNet on (image, condition, caption) triples.",
+        epilog=config_help(ControlNetTrainConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--config", type=Path, default=None, help="YAML with ControlNetTrainConfig fields")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 data.limit=8")

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from factory.cli import RESUME_JOB, run_cli
+from factory.cli import RESUME_JOB, config_help, run_cli
 from factory.config import load_config
 from factory.jobs.generate.config import GenerateConfig
 from factory.jobs.generate.run import run
@@ -18,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m factory.jobs.generate",
         description="The generation job: every (reference, variant) -> one synthetic sample, exactly once.",
+        epilog=config_help(GenerateConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="configs/generate/<name>.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
