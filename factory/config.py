@@ -157,23 +157,32 @@ def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _config_choices(path: Path, config_dir: Path | None) -> str:
-    """What a missing config path could have been: the YAML files beside it, else in ``config_dir``.
+def config_choices(
+    path: Path, config_dir: Path | None = None, suffixes: tuple[str, ...] = (".yaml", ".yml")
+) -> str:
+    """What a missing config path could have been (`` (...)``, to append to the error): the
+    config files (``suffixes``) beside it, else in ``config_dir``.
 
     A wrong ``--config`` is mostly a typo or a guess at a name, so the closest file comes first
-    and the folder's configs after it.
+    and the folder's configs after it. A bare name (``procedural.yaml``) was meant for the tool's
+    own folder, so ``config_dir`` is looked in first then, not the working folder.
     """
-    for folder in (path.parent, config_dir):
+    folders = (config_dir, path.parent) if path.parent == Path(".") else (path.parent, config_dir)
+    for folder in folders:
         if folder is None or not folder.is_dir():
             continue
-        names = sorted(p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        names = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.suffix in suffixes and p.is_file() and not p.name.startswith(".")
+        )
         if not names:
             continue
         close = difflib.get_close_matches(path.name, names, n=1)
-        hint = f"did you mean {folder / close[0]}? " if close and folder == path.parent else ""
+        hint = f"did you mean {folder / close[0]}? " if close else ""
         return f" ({hint}configs in {folder}/: {', '.join(names)})"
     where = f"{path.parent}/" + (f" or {config_dir}/" if config_dir is not None else "")
-    return f" (no YAML configs in {where})"
+    return f" (no {'/'.join(suffixes)} configs in {where})"
 
 
 def load_config(
@@ -192,7 +201,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            choices = _config_choices(path, Path(config_dir) if config_dir is not None else None)
+            choices = config_choices(path, Path(config_dir) if config_dir is not None else None)
             raise ConfigError(f"config file {path} does not exist{choices}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
@@ -233,5 +242,5 @@ def check(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
-__all__ = ["ConfigError", "check", "from_dict", "load_config", "set_by_path", "to_dict"]
+__all__ = ["ConfigError", "check", "config_choices", "from_dict", "load_config", "set_by_path", "to_dict"]
 _ = typing  # typing kept imported for forward-ref evaluation in get_type_hints

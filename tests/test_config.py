@@ -90,3 +90,13 @@ def test_a_missing_config_file_lists_the_configs_beside_it_or_in_config_dir(tmp_
     with pytest.raises(ConfigError) as e:  # no such folder: the configs of the tool's folder
         load_config(Outer, tmp_path / "nowhere" / "x.yaml", config_dir=tmp_path)
     assert f"configs in {tmp_path}/: cityscapes.yaml, procedural.yaml" in str(e.value)
+
+
+def test_a_bare_config_name_is_looked_for_in_config_dir(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "procedural.yaml").write_text("name: a\n")
+    (tmp_path / "unrelated.yaml").write_text("name: b\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, "procedurl.yaml", config_dir="configs")
+    assert "did you mean configs/procedural.yaml?" in str(e.value) and "unrelated" not in str(e.value)

@@ -31,7 +31,7 @@ from typing import Any
 
 from downstream.segformer.cfg_options import check_cfg_options
 from factory.cli import run_cli
-from factory.config import ConfigError
+from factory.config import ConfigError, config_choices
 
 DEFAULT_CONFIG = "configs/downstream/segformer_tiny_procedural-64x128.py"
 
@@ -130,7 +130,8 @@ def build_config(
 
     config = Path(config)
     if not config.is_file():
-        raise ConfigError(f"config {config} does not exist (configs live in configs/downstream/)")
+        choices = config_choices(config, Path(DEFAULT_CONFIG).parent, suffixes=(".py",))
+        raise ConfigError(f"config {config} does not exist{choices}")
     cfg = Config.fromfile(str(config))
     if cfg_options:
         check_cfg_options(cfg, cfg_options, str(config))
