@@ -302,9 +302,14 @@ def config_help(cls: type, width: int = 100) -> str:
         f"config fields ({cls.__name__}; YAML keys of --config, each also a key.sub=value override",
         "with a YAML value; docs: the field's comment in the source, else its entry in the class docstring):",
     ]
+    optional: list[str] = []  # nested configs that default to null: their fields apply once set
     for f in config_fields(cls):
-        default = "(required)" if f.default is None else f"= {f.default}" if f.default else ""
+        parent = next((k for k in optional if f.key.startswith(f"{k}.")), None)
+        required = f"(required when {parent} is set)" if parent else "(required)"
+        default = required if f.default is None else f"= {f.default}" if f.default else ""
         lines.append(f"  {f.key}: {f.type} {default}".rstrip())
+        if f.nested and f.default == "null":
+            optional.append(f.key)
         if f.doc:
             lines += textwrap.wrap(f.doc, width=width, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)

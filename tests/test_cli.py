@@ -214,3 +214,12 @@ def test_config_help_has_a_line_for_every_field(cls):
         assert f"\n  {f.name}: " in text, f.name
     for key in keys:
         assert f"\n  {key}: " in text, key
+
+
+def test_config_help_says_when_a_required_field_applies():
+    from downstream.multitask.train import MultitaskConfig
+
+    text = config_help(MultitaskConfig)
+    assert "\n  real: SourceConfig | None = null\n" in text
+    assert "\n  real.root: str (required when real is set)\n" in text
+    assert "\n  model.embed_dims: int = 32\n" in text
