@@ -13,6 +13,7 @@ list[X], tuple[X, ...], dict[str, X] and nested dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -113,11 +114,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         prefix = f"{where}." if where else ""
+        # a typo is the usual cause: name the closest allowed key before listing them all
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s} in {cls.__name__}; allowed keys: {sorted(fields)}"
+            f"unknown key {prefix}{unknown[0]!s} in {cls.__name__}{hint}; allowed keys: {sorted(fields)}"
         )
     kwargs = {}
     for name, f in fields.items():
@@ -153,13 +157,52 @@ def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Read YAML at ``path`` (optional), apply ``key.sub=value`` overrides, validate into ``cls``."""
+def config_choices(
+    path: Path, config_dir: Path | None = None, suffixes: tuple[str, ...] = (".yaml", ".yml")
+) -> str:
+    """What a missing config path could have been (`` (...)``, to append to the error): the
+    config files (``suffixes``) beside it, else in ``config_dir``.
+
+    A wrong ``--config`` is mostly a typo or a guess at a name, so the closest file comes first
+    and the folder's configs after it. A bare name (``procedural.yaml``) was meant for the tool's
+    own folder, so ``config_dir`` is looked in first then, not the working folder.
+    """
+    folders = (config_dir, path.parent) if path.parent == Path(".") else (path.parent, config_dir)
+    for folder in folders:
+        if folder is None or not folder.is_dir():
+            continue
+        names = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.suffix in suffixes and p.is_file() and not p.name.startswith(".")
+        )
+        if not names:
+            continue
+        close = difflib.get_close_matches(path.name, names, n=1)
+        hint = f"did you mean {folder / close[0]}? " if close else ""
+        return f" ({hint}configs in {folder}/: {', '.join(names)})"
+    where = f"{path.parent}/" + (f" or {config_dir}/" if config_dir is not None else "")
+    return f" (no {'/'.join(suffixes)} configs in {where})"
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    config_dir: str | Path | None = None,
+) -> T:
+    """Read YAML at ``path`` (optional), apply ``key.sub=value`` overrides, validate into ``cls``.
+
+    ``config_dir``: where configs of this kind live (e.g. ``configs/generate``); a ``path`` that
+    does not exist is reported with the configs found beside it, or else in ``config_dir``.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            choices = config_choices(path, Path(config_dir) if config_dir is not None else None)
+            raise ConfigError(f"config file {path} does not exist{choices}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -199,5 +242,5 @@ def check(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
-__all__ = ["ConfigError", "check", "from_dict", "load_config", "set_by_path", "to_dict"]
+__all__ = ["ConfigError", "check", "config_choices", "from_dict", "load_config", "set_by_path", "to_dict"]
 _ = typing  # typing kept imported for forward-ref evaluation in get_type_hints

@@ -68,3 +68,35 @@ def test_yaml_file_and_overrides(tmp_path):
         load_config(Outer, p, ["inner.steps=-1"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Outer, tmp_path / "missing.yaml")
+
+
+def test_an_unknown_key_names_the_closest_allowed_one():
+    with pytest.raises(
+        ConfigError, match=r"unknown key inner\.stepz in Inner \(did you mean inner\.steps\?\)"
+    ):
+        from_dict(Outer, {"name": "x", "inner": {"stepz": 1}})
+    with pytest.raises(ConfigError) as e:  # nothing close: no guess, the allowed keys only
+        from_dict(Outer, {"name": "x", "zzz": 1})
+    assert "did you mean" not in str(e.value) and "allowed keys" in str(e.value)
+
+
+def test_a_missing_config_file_lists_the_configs_beside_it_or_in_config_dir(tmp_path):
+    (tmp_path / "procedural.yaml").write_text("name: a\n")
+    (tmp_path / "cityscapes.yaml").write_text("name: b\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, tmp_path / "procedual.yaml")
+    assert f"did you mean {tmp_path / 'procedural.yaml'}?" in str(e.value)
+    assert "cityscapes.yaml, procedural.yaml" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # no such folder: the configs of the tool's folder
+        load_config(Outer, tmp_path / "nowhere" / "x.yaml", config_dir=tmp_path)
+    assert f"configs in {tmp_path}/: cityscapes.yaml, procedural.yaml" in str(e.value)
+
+
+def test_a_bare_config_name_is_looked_for_in_config_dir(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "procedural.yaml").write_text("name: a\n")
+    (tmp_path / "unrelated.yaml").write_text("name: b\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, "procedurl.yaml", config_dir="configs")
+    assert "did you mean configs/procedural.yaml?" in str(e.value) and "unrelated" not in str(e.value)

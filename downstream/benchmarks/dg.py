@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from downstream.benchmarks.common import (
     summarise,
 )
 from downstream.segformer.shards import expand_shards
+from factory.cli import run_cli
 from factory.data.sample import DataError
 
 COLUMNS = ("CS", "Rain", "Fog", "Snow", "Night", "Avg")
@@ -244,4 +246,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run_cli(main, on_interrupt="rerun the same command: every run of the benchmark trains from scratch")
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from downstream.benchmarks.common import (
     save_result,
     summarise,
 )
+from factory.cli import run_cli
 from factory.config import load_config, to_dict
 
 COLUMNS = ("mIoU", "AbsRel", "delta1", "mDS")
@@ -151,4 +153,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run_cli(main, on_interrupt="rerun the same command: every run of the benchmark trains from scratch")
+    )

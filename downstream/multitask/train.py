@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from downstream.checkpoints import load_checkpoint
 from factory.atomic import atomic_torch_save
+from factory.cli import config_help, run_cli
 from factory.config import ConfigError, check, load_config, to_dict
 from factory.data.sample import DataError
 from factory.models import resolve_device
@@ -312,12 +314,17 @@ def _save(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m downstream.multitask.train",
+        description=__doc__,
+        epilog=config_help(MultitaskConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", type=Path, required=True, help="YAML with MultitaskConfig fields")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. iters=100 synth=null")
     p.add_argument("--resume", action="store_true", help="continue from out/latest.pt")
     a = p.parse_args(argv)
-    cfg = load_config(MultitaskConfig, a.config, a.overrides)
+    cfg = load_config(MultitaskConfig, a.config, a.overrides, config_dir="configs/downstream")
     summary = train(cfg, resume=a.resume)
     if "eval" in summary:
         e = summary["eval"]
@@ -329,4 +336,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run_cli(main, on_interrupt="rerun the same command with --resume to continue from <out>/latest.pt")
+    )

@@ -9,6 +9,7 @@ test suite checks it against ``evalPixelLevelSemanticLabeling`` on the same pred
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from downstream.checkpoints import load_checkpoint
+from factory.cli import STARTS_OVER, run_cli
 
 from .labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, trainids_to_labelids
 
@@ -182,4 +184,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

@@ -11,11 +11,13 @@ them say nothing about LUMEN.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import cv2
 from tqdm import tqdm
 
+from factory.cli import STARTS_OVER, run_cli
 from factory.data.sample import DataError, check_key
 from factory.shards.writer import ShardWriter
 
@@ -96,4 +98,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

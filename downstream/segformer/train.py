@@ -11,6 +11,12 @@ CONFIG defaults to the tiny procedural-city config (data under data/procedural f
 logs and saves what was actually drawn from each source. ``--resume`` continues from the latest
 checkpoint in the work dir (a killed run, or a longer ``--max-iters``). Runs on a GPU when one is
 visible (mmengine picks it), otherwise on the CPU.
+
+``--cfg-options`` keys must exist in the config (mmengine would add a misspelt one silently and
+the run would ignore it); ``downstream.segformer.cfg_options`` says which new keys are allowed.
+Until training starts, mmengine's start-up report (environment, the whole config, the hooks)
+and the warnings of building the model are held back (``HeldConsole``): if the start fails on
+bad input the error is one line, and the report is in the work dir's log file.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import argparse
 import copy
 import difflib
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
-from factory.config import ConfigError
+from downstream.segformer.cfg_options import check_cfg_options
+from factory.cli import run_cli
+from factory.config import ConfigError, config_choices
 
 DEFAULT_CONFIG = "configs/downstream/segformer_tiny_procedural-64x128.py"
 
@@ -122,9 +131,11 @@ def build_config(
 
     config = Path(config)
     if not config.is_file():
-        raise ConfigError(f"config {config} does not exist (configs live in configs/downstream/)")
+        choices = config_choices(config, Path(DEFAULT_CONFIG).parent, suffixes=(".py",))
+        raise ConfigError(f"config {config} does not exist{choices}")
     cfg = Config.fromfile(str(config))
     if cfg_options:
+        check_cfg_options(cfg, cfg_options, str(config))
         cfg.merge_from_dict(cfg_options)
     if synth:
         if not 0.0 < ratio < 1.0:
@@ -160,14 +171,19 @@ def train(cfg: Any) -> Any:
     optimizer, schedulers, iteration, message hub); training then runs to ``max_iters``.
     mmengine reads it (and ``load_from``, and pretrained weights) with the safe loader of
     downstream.checkpoints, so a planted pickle is refused, naming the file, before it runs.
+    Until training starts the console is held (``downstream.segformer.console``): a start that
+    fails on bad input ends with one error line, not after the Runner's start-up report.
     """
     from mmengine.runner import Runner
 
     from downstream.checkpoints import install_mmengine_loader
+    from downstream.segformer.console import HeldConsole, ReleaseConsoleHook
 
     install_mmengine_loader()  # configs import downstream.segformer.register, which did it too
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    with HeldConsole() as console:
+        runner = Runner.from_cfg(cfg)
+        runner.register_hook(ReleaseConsoleHook(console), priority="HIGHEST")
+        runner.train()
     return runner
 
 
@@ -251,4 +267,9 @@ def evaluate_domains(runner: Any, cfg: Any) -> dict[str, float] | None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run_cli(
+            main,
+            on_interrupt="rerun the same command with --resume to continue from the work dir's last checkpoint",
+        )
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from factory.data.cityscapes import OnError, _fail, load_sample
+from factory.data.cityscapes import OnError, _fail, load_sample, missing_root_fix
 from factory.data.sample import BadSample, DataError, ReadResult, SampleRef, check_key
 
 WEATHERS = ("fog", "night", "rain", "snow")
@@ -33,7 +33,7 @@ _GT_FILES = {
 
 def _check_root(root: Path) -> Path:
     if not root.is_dir():
-        raise DataError(root, "ACDC root does not exist", "pass the folder that contains rgb_anon/ and gt/")
+        raise DataError(root, "ACDC root does not exist", missing_root_fix(root, "rgb_anon/ and gt/"))
     images = root / "rgb_anon"
     if not images.is_dir():
         hint = "pass the folder that contains rgb_anon/ and gt/"

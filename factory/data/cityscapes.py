@@ -41,10 +41,23 @@ _CS_FILES: dict[str, tuple[str, str, bool]] = {
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 
 
+# What writes the procedural city (Makefile): its folders are data/procedural/{cityscapes,acdc}.
+MAKE_CITY = "run `make city` to write the procedural city under data/procedural/"
+
+
+def missing_root_fix(root: Path, expected: str) -> str:
+    """The fix for a dataset root that does not exist: a procedural-city path (one with a
+    ``procedural`` folder in it, as every shipped config's) is one ``make city`` away; any
+    other root is the user's copy of the real dataset, named by what it must contain."""
+    if "procedural" in root.parts:
+        return f"{MAKE_CITY}, or pass the folder that contains {expected}"
+    return f"pass the folder that contains {expected}"
+
+
 def _check_root(root: Path, split: str) -> Path:
     """The split's image folder, or a DataError saying which folder was expected."""
     if not root.is_dir():
-        raise DataError(root, "Cityscapes root does not exist", "pass the folder that contains leftImg8bit/")
+        raise DataError(root, "Cityscapes root does not exist", missing_root_fix(root, "leftImg8bit/"))
     images = root / "leftImg8bit"
     if not images.is_dir():
         hint = "pass the folder that contains leftImg8bit/ and gtFine/"

@@ -21,10 +21,14 @@ from factory.data.shards import list_shards
 class DatasetConfig:
     """Which samples to read.
 
-    kind: cityscapes | acdc | shards. root: the dataset folder (Cityscapes: holds leftImg8bit/;
-    ACDC: holds rgb_anon/; shards: the shard folder). split: train | val | test (or any folder
-    name). weathers: ACDC weathers to read. cities: Cityscapes cities (empty = all).
-    limit: keep the first N refs after sorting (0 = all). on_error: raise or skip bad samples.
+    kind: cityscapes | acdc | shards.
+    root: the dataset folder (Cityscapes: holds leftImg8bit/; ACDC: holds rgb_anon/; shards: the
+      shard folder); ``make city`` writes the procedural city under data/procedural/.
+    split: train | val | test (or any folder name).
+    weathers: ACDC weathers to read.
+    cities: Cityscapes cities (empty = all).
+    limit: keep the first N refs after sorting (0 = all).
+    on_error: raise or skip bad samples.
     """
 
     kind: Literal["cityscapes", "acdc", "shards"] = "cityscapes"

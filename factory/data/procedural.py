@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from factory.cli import STARTS_OVER, run_cli
 from factory.data.labels import ID_COLOURS, ID_TO_TRAINID
 
 # ---------------------------------------------------------------------------------------------
@@ -975,5 +977,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return info
 
 
+# the city is written from scratch on every run (same seed, same files)
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, on_interrupt="rerun the same command: it writes the city again from the start"))

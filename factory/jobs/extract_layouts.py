@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from factory.atomic import digest
+from factory.cli import RESUME_JOB, config_help, run_cli
 from factory.config import check, load_config, to_dict
 from factory.data.datasets import DatasetConfig
 from factory.data.members import LAYOUT_MEMBER, META_MEMBER
@@ -62,7 +63,7 @@ log = logging.getLogger("factory.jobs.extract_layouts")
 class ExtractConfig:
     """The extraction job: which references, how layouts are computed, how work is split."""
 
-    out: Path
+    out: Path  # the job's folder: shards/, manifest/, plan.json, pca/ (when fitted here)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     samples_per_shard: int = 64
@@ -284,7 +285,11 @@ def _run_locked(cfg: ExtractConfig, run_id: str, t0: float) -> ExtractSummary:
     # 1. Plan.
     refs = list_references(cfg.dataset)
     if not refs:
-        raise RuntimeError(f"{cfg.dataset.root}: no references found for split {cfg.dataset.split!r}")
+        raise DataError(
+            cfg.dataset.root,
+            f"no references found for split {cfg.dataset.split!r}",
+            "check dataset.root and dataset.split",
+        )
     fingerprint = {
         "job": "extract_layouts",
         "refs": digest([r.key for r in refs]),
@@ -347,16 +352,21 @@ def _run_locked(cfg: ExtractConfig, run_id: str, t0: float) -> ExtractSummary:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m factory.jobs.extract_layouts",
+        description=__doc__.split("\n\n")[0],
+        epilog=config_help(ExtractConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="configs/extract/<name>.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(ExtractConfig, args.config, args.overrides)
+    cfg = load_config(ExtractConfig, args.config, args.overrides, config_dir="configs/extract")
     s = run(cfg)
     print(json.dumps({"out": str(s.out), "pca": str(s.pca), "fitted": s.fitted, "counts": s.counts}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=RESUME_JOB))

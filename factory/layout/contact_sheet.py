@@ -13,12 +13,14 @@ chosen model (default ``tiny``: random weights, so the structure comes from the 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from factory.cli import STARTS_OVER, run_cli
 from factory.conditions import CannyCondition, SemsegCondition
 from factory.data.cityscapes import list_cityscapes, load_sample
 from factory.layout.neural import LayoutConfig, NeuralLayout, build_backbone, fit_layout_pca, layout_to_rgb
@@ -83,4 +85,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

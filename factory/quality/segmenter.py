@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from factory.cli import STARTS_OVER, run_cli
 from factory.config import check, load_config
 from factory.data.labels import IGNORE_INDEX, NUM_CLASSES, id_to_trainid
 
@@ -335,4 +336,4 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

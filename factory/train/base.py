@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from factory.cli import config_help, run_cli
 from factory.config import check, load_config, to_dict
 
 WEATHERS = ("clear", "fog", "night", "rain", "snow")
@@ -578,12 +579,15 @@ def _tail(losses: list[float], n: int = 50) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m factory.train.base",
+        description=__doc__.split("\n\n")[0],
+        epilog=config_help(BaseTrainConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--config", type=Path, default=None, help="YAML with BaseTrainConfig fields")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. unet_steps=100")
     args = ap.parse_args(argv)
-    cfg = load_config(BaseTrainConfig, args.config, args.overrides)
+    cfg = load_config(BaseTrainConfig, args.config, args.overrides, config_dir="configs/train")
     out = train_base(cfg)
     meta = json.loads((out / "lumen_base.json").read_text())
     print(
@@ -594,5 +598,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# what the resumable checkpoint (module docstring) means for a user who pressed Ctrl-C
+RESUME = (
+    "rerun the same command to resume from <out>.ckpt/latest.pt (written after the VAE phase and "
+    "every checkpoint_every U-Net steps)"
+)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=RESUME))

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from factory.atomic import fsync_dir
+from factory.cli import config_help, run_cli
 from factory.config import ConfigError, check, from_dict, load_config, to_dict
 from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.sample import DataError, Sample, SampleRef
@@ -688,19 +689,22 @@ def save_result(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Train a ControlNet on (image, condition, caption) triples.")
+    ap = argparse.ArgumentParser(
+        prog="python -m factory.train.controlnet",
+        description="Train a ControlNet on (image, condition, caption) triples.",
+        epilog=config_help(ControlNetTrainConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--config", type=Path, default=None, help="YAML with ControlNetTrainConfig fields")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 data.limit=8")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(ControlNetTrainConfig, args.config, args.overrides)
-        out = train_controlnet(cfg)
-    except (ConfigError, TrainError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(ControlNetTrainConfig, args.config, args.overrides, config_dir="configs/train")
+    out = train_controlnet(cfg)
     print(json.dumps(json.loads((out / RESULT_FILE).read_text())["timings"]))
     return 0
 
 
+RESUME = "rerun the same command to resume from the latest complete checkpoint in <out>/checkpoints"
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=RESUME))

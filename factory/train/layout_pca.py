@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from factory.cli import STARTS_OVER, run_cli
+
 
 def fit(
     model: str, data_root: Path, out: Path, *, split: str = "train", samples: int = 20000, limit: int = 0
@@ -56,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from factory.atomic import atomic_write_text
+from factory.cli import STARTS_OVER, run_cli
 from factory.config import from_dict
 from factory.data.sample import DataError, Sample
 from factory.quality.segmenter import (
@@ -150,4 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

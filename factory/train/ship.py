@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.atomic import atomic_write_json, atomic_write_text, file_digest
+from factory.cli import STARTS_OVER, run_cli
 
 HASHES = "hashes.json"
 RECIPE = "RECIPE.md"
@@ -174,4 +175,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

@@ -55,3 +55,13 @@ def test_checkpoint_path_configurable(city_env, monkeypatch, tmp_path):
     cfg = Config.fromfile(str(CONFIG_DIR / "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py"))
     assert cfg.model.backbone.init_cfg.checkpoint == f"{tmp_path}/mit_b2_20220624-66e8bf70.pth"
     assert cfg.model.backbone.num_layers == [3, 4, 6, 3]
+
+
+def test_a_wrong_config_path_names_the_closest_config():
+    from downstream.segformer.train import build_config
+    from factory.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        build_config(CONFIG_DIR / "segformer_tiny_procedral-64x128.py")
+    assert f"did you mean {CONFIG_DIR / 'segformer_tiny_procedural-64x128.py'}?" in str(e.value)
+    assert "segformer_mit-b5_8xb1-160k_cityscapes-1024x1024.py" in str(e.value)

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from factory.cli import RESUME_JOB, config_help, run_cli
 from factory.config import load_config
 from factory.jobs.generate.config import GenerateConfig
 from factory.jobs.generate.run import run
@@ -17,12 +18,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m factory.jobs.generate",
         description="The generation job: every (reference, variant) -> one synthetic sample, exactly once.",
+        epilog=config_help(GenerateConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="configs/generate/<name>.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(GenerateConfig, args.config, args.overrides)
+    cfg = load_config(GenerateConfig, args.config, args.overrides, config_dir="configs/generate")
     summary = run(cfg)
     print(
         json.dumps(
@@ -43,4 +46,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=RESUME_JOB))

@@ -23,7 +23,8 @@ class FaultsConfig:
     ``oom_above_batch``: a synthesizer call with more items raises ``torch.OutOfMemoryError``.
     ``nan_keys``: these synthetic keys' images are replaced by NaN before the job's checks.
     ``kill_after_items``: the first worker to synthesise this many items SIGKILLs itself (once
-    per output folder). ``delay_s``: sleep per synthesizer call (time to kill the driver mid-job).
+      per output folder).
+    ``delay_s``: sleep per synthesizer call (time to kill the driver mid-job).
     """
 
     oom_above_batch: int = 0
@@ -46,15 +47,15 @@ class GenerateConfig:
     """The whole generation job.
 
     ``synthesizer``: "lumen" (factory.synth's Synthesizer, assembled from ``synth``; a trained
-    ControlNet's recorded recipe gives the base model, condition and PCA), or "package.module:f"
-    / "path/to/file.py:f" naming a factory ``f(cfg) -> synthesizer`` (custom models, test doubles).
+      ControlNet's recorded recipe gives the base model, condition and PCA), or "package.module:f"
+      / "path/to/file.py:f" naming a factory ``f(cfg) -> synthesizer`` (custom models, test doubles).
     ``quality``: factory.quality's acceptance thresholds, ``max_attempts`` and the optional
-    ``segmenter`` whose label-consistency score is recorded (and gated on with ``min_label_miou``).
+      ``segmenter`` whose label-consistency score is recorded (and gated on with ``min_label_miou``).
     ``executor``: how the stage runs (factory.jobs.executors): a Ray actor pool, Ray Data, or in
-    this process without Ray; the shards are the same whichever runs them.
+      this process without Ray; the shards are the same whichever runs them.
     """
 
-    out: Path
+    out: Path  # the job's folder: shards/, manifest/, plan.json, the dataset card
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     variants: VariantsConfig = field(default_factory=VariantsConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)

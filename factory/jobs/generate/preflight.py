@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from factory.config import ConfigError
 from factory.jobs.generate.config import GenerateConfig
 from factory.jobs.generate.stage import load_segmenter
 from factory.jobs.generate.synthesizers import resolve_plugin
@@ -32,7 +33,7 @@ def check_synthesizer(cfg: GenerateConfig) -> GenerateConfig:
         check_controlnet_folder(cfg.synth.controlnet)
     synth = resolve_recipe(cfg.synth)
     if synth.condition is None:
-        raise ValueError(
+        raise ConfigError(
             f"synth.controlnet {cfg.synth.controlnet} records no condition and synth.condition is unset "
             "(fix: set synth.condition to the condition the ControlNet was trained on)"
         )

@@ -32,6 +32,7 @@ import numpy as np
 
 from factory.atomic import digest
 from factory.config import to_dict
+from factory.data.sample import DataError
 from factory.jobs.executors import run_stage, shutdown_ray_we_started
 from factory.jobs.generate.card import previous_accounting, write_card, write_contact_sheet
 from factory.jobs.generate.config import GenerateConfig
@@ -84,7 +85,11 @@ def _run_locked(cfg: GenerateConfig, variants: list[Variant], run_id: str, t0: f
     # 2. Plan.
     refs = list_references(cfg.dataset)
     if not refs:
-        raise RuntimeError(f"{cfg.dataset.root}: no references found for split {cfg.dataset.split!r}")
+        raise DataError(
+            cfg.dataset.root,
+            f"no references found for split {cfg.dataset.split!r}",
+            "check dataset.root and dataset.split",
+        )
     items = plan_items(refs, variants, cfg.seed)
     fingerprint = {
         "job": "generate",
