@@ -46,6 +46,7 @@ EXPECTED_ERRORS = (
     "factory.data.sample.DataError",
     "factory.models.components.ModelError",
     "factory.jobs.lock.OutputLocked",
+    "factory.jobs.plan.PlanMismatch",
     "factory.train.recipe.RecipeError",
     "factory.train.controlnet.TrainError",
     "factory.train.ship.ShipError",

@@ -83,6 +83,10 @@ def make_tasks(items: Sequence[Any], per_shard: int) -> list[ShardTask]:
     ]
 
 
+class PlanMismatch(RuntimeError):
+    """The output folder was planned with other inputs or settings (resuming would mix jobs)."""
+
+
 def check_plan(out: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse to resume into an output folder that was planned with different inputs/settings.
 
@@ -98,7 +102,7 @@ def check_plan(out: Path, fingerprint: dict[str, Any]) -> None:
             log.warning("%s: replacing the plan of a run that produced nothing", path)
         elif old != json.loads(text):
             changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-            raise RuntimeError(
+            raise PlanMismatch(
                 f"{path}: this output folder was planned with different settings ({', '.join(changed)} "
                 "changed); resuming would mix two jobs (fix: use a new output folder, or restore the "
                 "original config)"
@@ -235,6 +239,7 @@ def prepare_output(
 
 __all__ = [
     "OutputPlan",
+    "PlanMismatch",
     "ResumeCheck",
     "check_plan",
     "list_references",
