@@ -267,7 +267,7 @@ class DisparityCondition:
                     "load the sample with labels=True from a dataset with disparity/, or use kind 'depth'",
                 )
             p = s.disparity.astype(np.float32)
-            d = np.where(p > 1, (p - 1.0) / 256.0, 0.0).astype(np.float32)
+            d: np.ndarray = np.where(p > 1, (p - 1.0) / 256.0, 0.0).astype(np.float32)
             if d.shape != size:
                 d = cv2.resize(d, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
             maps.append(d)
