@@ -30,6 +30,9 @@ Instruments (``DepthEstimator``: uint8 images -> depth):
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -41,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from factory.config import check
+from factory.config import check, load_config
 
 SI_CONVENTION = (
     "SILog = 100 * sqrt(mean(d^2) - mean(d)^2), d = log pred - log gt (Eigen 2014, KITTI), per image"
@@ -167,14 +170,15 @@ class TransformersDepth:
 
 @dataclass
 class DepthJudgeConfig:
-    """Training recipe of the offline depth instrument (about a minute on 2 CPU cores at 64x128)."""
+    """Training recipe of the offline depth instrument (about 30 s on 2 CPU cores at 64x128; it then
+    scores rendered val scenes at SILog ~25-30, and ~65-70 against another scene's depth)."""
 
     height: int = 64
     width: int = 128
-    n_scenes: int = 192  # clear scenes rendered in memory
-    steps: int = 300
+    n_scenes: int = 128  # clear scenes rendered in memory
+    steps: int = 200
     batch_size: int = 8
-    lr: float = 3e-3
+    lr: float = 5e-3
     width_mult: int = 8
     augment: bool = True
     seed: int = 0
@@ -284,6 +288,24 @@ class DepthJudge:
         return cls(model, cfg, meta)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Train the offline depth judge and save it (used by make demo's judge stage)."""
+    ap = argparse.ArgumentParser(
+        prog="python -m factory.eval.depth",
+        description="Train the offline depth judge (log depth from the rendered scenes' disparity) in memory; writes OUT.safetensors + OUT.json.",
+    )
+    ap.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "overrides", nargs="*", help="DepthJudgeConfig key=value, e.g. steps=300 height=64 width=128"
+    )
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    judge = DepthJudge.train_procedural(load_config(DepthJudgeConfig, None, args.overrides))
+    print(json.dumps({"out": str(judge.save(args.out)), **judge.meta}))
+    return 0
+
+
 __all__ = [
     "SI_CONVENTION",
     "DepthEstimator",
@@ -297,3 +319,7 @@ __all__ = [
     "si_log",
     "si_log_error",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,13 +57,16 @@ def test_random_data_against_an_independent_eigendecomposition():
     assert frechet_distance_of(fa, fa) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_fewer_samples_than_dimensions_still_gives_a_finite_value():
+def test_fewer_samples_than_dimensions_agrees_with_sqrtm_of_the_statistics():
+    """The sample route (singular values of A B^T) against scipy's sqrtm on the covariances."""
     rng = np.random.default_rng(2)
-    fa, fb = rng.normal(size=(5, 20)), rng.normal(size=(6, 20)) + 1.0
-    fd = frechet_distance_of(fa, fb)
-    assert np.isfinite(fd) and fd > 0
+    for n_a, n_b, d in ((5, 6, 20), (12, 30, 16), (40, 9, 40)):
+        fa, fb = rng.normal(size=(n_a, d)), rng.normal(size=(n_b, d)) * 2 + 1.0
+        via_sqrtm = frechet_distance(*feature_stats(fa), *feature_stats(fb))
+        assert frechet_distance_of(fa, fb) == pytest.approx(via_sqrtm, rel=1e-6)
     with pytest.raises(ValueError, match="N >= 2"):
         feature_stats(fa[:1])
+    assert frechet_distance_of(fa, fa) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_fid_inception_architecture_and_weights_by_path(tmp_path):
