@@ -195,6 +195,7 @@ class WeatherJudge:
     @classmethod
     def fit(cls, images: np.ndarray, labels: np.ndarray, cfg: WeatherJudgeConfig) -> WeatherJudge:
         """Train on uint8 images (N, H, W, 3) and weather indices (N,) into ``WEATHERS``."""
+        from factory.eval.instrument import one_cycle
         from factory.quality.segmenter import augment, to_input
 
         if len(images) == 0 or len(images) != len(labels):
@@ -203,7 +204,7 @@ class WeatherJudge:
         g = torch.Generator().manual_seed(cfg.seed)
         model = WeatherNet(cfg.width_mult)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+        sched = one_cycle(opt, cfg.lr, cfg.steps)
         x_all, y_all = to_input(images), torch.from_numpy(labels)
         model.train()
         t0 = time.perf_counter()

@@ -219,6 +219,7 @@ class DepthJudge:
     @classmethod
     def fit(cls, images: np.ndarray, depths: np.ndarray, cfg: DepthJudgeConfig) -> DepthJudge:
         """Train on uint8 images (N, H, W, 3) and depths (N, H, W) metres (0 = invalid): L1 on log depth."""
+        from factory.eval.instrument import one_cycle
         from factory.quality.segmenter import TinyUNet, augment, to_input
 
         if len(images) == 0 or images.shape[:3] != depths.shape:
@@ -227,7 +228,7 @@ class DepthJudge:
         g = torch.Generator().manual_seed(cfg.seed)
         model = TinyUNet(cfg.width_mult, classes=1)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+        sched = one_cycle(opt, cfg.lr, cfg.steps)
         x_all = to_input(images)
         d_all = torch.from_numpy(depths.astype(np.float32))
         model.train()
