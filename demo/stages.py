@@ -1,9 +1,9 @@
 """make demo: the whole LUMEN paper in miniature, offline, on a laptop CPU.
 
-procedural city -> alignment judge (small segmenter) -> base text-to-image model -> neural
-layouts (Ray job: PCA fit + layout shards) -> LUMEN ControlNet (label-free), and Canny and
-GT-semseg ControlNets with the same budget -> alignment mIoU of each (the paper's conditioning
-comparison)
+procedural city -> judges (small segmenter, depth and weather networks) -> base text-to-image
+model -> neural layouts (Ray job: PCA fit + layout shards) -> LUMEN ControlNet (label-free), and
+Canny and GT-semseg ControlNets with the same budget -> the paper's conditioning comparison
+(Table 2: mIoU, SILog, FD, LPIPS, text controllability of each, factory.eval.compare)
 -> Ray generation of fog/night/rain/snow variants as label-reusing shards -> SegFormer trained on
 real vs real + LUMEN, evaluated on clear val and the four ACDC weathers (the DG table) ->
 a multi-task network (semantics, depth, 3D boxes) trained on real / LUMEN / real + LUMEN with
@@ -45,7 +45,7 @@ STAGES = (
     "controlnet_layout",
     "controlnet_canny",
     "controlnet_semseg",
-    "alignment",
+    "compare",
     "generate",
     "dg",
     "multitask",
@@ -68,8 +68,11 @@ class DemoConfig:
     n_train: int = 96
     n_val: int = 24
     n_acdc: int = 16  # per weather and split
-    # alignment judge (factory.quality.segmenter)
+    # judges: the alignment segmenter (factory.quality.segmenter), the depth and weather networks
+    # (factory.eval.depth, factory.eval.controllability) that score the conditioning comparison
     judge_steps: int = 300
+    depth_judge_steps: int = 200
+    weather_judge_steps: int = 200
     # base model: the shipped pretrained foundation model (models/, checked against its hashes), as
     # the paper starts from SD 1.5; from_scratch trains one inside the demo instead
     # (configs/train/procedural_base.yaml with base_overrides)
@@ -79,9 +82,13 @@ class DemoConfig:
     # ControlNets (configs/train/procedural_controlnet_{layout,canny}.yaml)
     controlnet_overrides: list[str] = field(default_factory=list)
     pca_samples: int = 40000
-    # alignment measurement
-    align_n: int = 16
-    align_steps: int = 20
+    # conditioning comparison (factory.eval.compare): compare_n val references x compare_seeds
+    # clear samples, and compare_weather_refs of them once per weather, per ControlNet; sampled
+    # with the generation stage's steps (synth.steps) so that it measures the data the demo makes
+    compare_n: int = 8
+    compare_seeds: int = 2
+    compare_weather_refs: int = 2
+    compare_steps: int = 10
     # generation (configs/generate/procedural.yaml)
     variants: list[str] = field(default_factory=lambda: ["fog", "night", "rain", "snow"])
     generate_overrides: list[str] = field(default_factory=list)
@@ -139,6 +146,14 @@ class Demo:
         return self.out / "models" / "judge"
 
     @property
+    def depth_judge(self) -> Path:
+        return self.out / "models" / "depth_judge"
+
+    @property
+    def weather_judge(self) -> Path:
+        return self.out / "models" / "weather_judge"
+
+    @property
     def pca(self) -> Path:
         return self.out / "layouts" / "pca"
 
@@ -182,13 +197,17 @@ class Demo:
         """The folders a stage writes (and nothing else writes)."""
         return {
             "city": [self.city],
-            "judge": [self.judge.with_suffix(".safetensors"), self.judge.with_suffix(".json")],
+            "judge": [
+                p.with_suffix(s)
+                for p in (self.judge, self.depth_judge, self.weather_judge)
+                for s in (".safetensors", ".json")
+            ],  # fmt: skip
             "base": [self.base] if self.cfg.from_scratch else [],  # never delete the shipped model
             "layouts": [self.out / "layouts"],
             "controlnet_layout": [self.controlnet("layout")],
             "controlnet_canny": [self.controlnet("canny")],
             "controlnet_semseg": [self.controlnet("semseg")],
-            "alignment": [self.out / "alignment"],
+            "compare": [self.out / "compare"],
             "generate": [self.out / "generate"],
             "dg": [self.out / "dg"],
             "multitask": [self.out / "multitask"],
@@ -237,17 +256,24 @@ class Demo:
         return {"root": str(self.city)}
 
     def stage_judge(self) -> dict:
-        """The instrument that scores alignment: a small segmenter trained on real scenes."""
+        """The instruments of the conditioning comparison, trained on rendered (real) scenes: the
+        segmenter that scores alignment, the depth network (SILog) and the weather classifier."""
+        from factory.eval import controllability, depth
         from factory.quality import segmenter
 
         c = self.cfg
-        self._call(
-            segmenter.main,
-            ["--out", str(self.judge), "--threads", str(c.threads), f"height={c.height}",
-             f"width={c.width}", f"steps={c.judge_steps}", f"seed={c.seed}"],
-        )  # fmt: skip
+        size = [f"height={c.height}", f"width={c.width}", f"seed={c.seed}"]
+        for main, path, steps in ((segmenter.main, self.judge, c.judge_steps),
+                                  (depth.main, self.depth_judge, c.depth_judge_steps),
+                                  (controllability.main, self.weather_judge, c.weather_judge_steps)):  # fmt: skip
+            self._call(main, ["--out", str(path), "--threads", str(c.threads), *size, f"steps={steps}"])
         meta = segmenter.Segmenter.load(self.judge).meta
-        return {"path": str(self.judge), **{k: v for k, v in meta.items() if k != "config"}}
+        return {
+            "path": str(self.judge),
+            **{k: v for k, v in meta.items() if k != "config"},
+            "depth_judge": str(self.depth_judge),
+            "weather_judge": str(self.weather_judge),
+        }
 
     def stage_base(self) -> dict:
         from factory.train import base
@@ -304,22 +330,30 @@ class Demo:
     def stage_controlnet_semseg(self) -> dict:
         return self._train_controlnet("semseg")
 
-    def stage_alignment(self) -> dict:
-        """The paper's conditioning comparison: how well do samples follow the reference?"""
-        from factory.train import measure
+    def stage_compare(self) -> dict:
+        """The paper's conditioning comparison (Table 2): alignment, depth, realism, diversity and
+        text controllability of each ControlNet's samples, scored by the judges."""
+        from factory.eval import compare
 
-        scores = {}
-        for kind in CONDITIONS:
-            out = self.out / "alignment" / kind
-            self._call(
-                measure.main,
-                ["--controlnet", str(self.controlnet(kind)), "--data", str(self.city / "cityscapes"),
-                 "--out", str(out), "--segmenter", str(self.judge), "--n", str(self.cfg.align_n),
-                 "--steps", str(self.cfg.align_steps), "--threads", str(self.cfg.threads)],
-            )  # fmt: skip
-            report = json.loads((out / "measure.json").read_text())
-            scores[kind] = {"scores": report["scores"], "grid": report["grid"]}
-        return scores
+        c = self.cfg
+        report = self._call(
+            compare.main,
+            [*(f"--controlnet={kind}={self.controlnet(kind)}" for kind in CONDITIONS),
+             "--data", str(self.city / "cityscapes"), "--out", str(self.out / "compare"),
+             "--segmenter", str(self.judge), "--depth-judge", str(self.depth_judge),
+             "--weather-judge", str(self.weather_judge), "--n", str(c.compare_n),
+             "--seeds", str(c.compare_seeds), "--weather-refs", str(c.compare_weather_refs),
+             "--weathers", *c.variants, "--steps", str(c.compare_steps), "--seed", str(c.seed),
+             "--threads", str(c.threads)],
+        )  # fmt: skip
+        return {
+            "columns": report["columns"],
+            "rows": report["rows"],
+            "table": report["table"],
+            "plot": report["plot"],
+            "settings": report["settings"],
+            "json": str(self.out / "compare" / "compare.json"),
+        }
 
     def stage_generate(self) -> dict:
         from factory.jobs import generate

@@ -1,4 +1,4 @@
-"""Conditioning images behind one interface: neural layout, Canny, GT semseg colours, depth, HED."""
+"""Conditioning images behind one interface: neural layout, Canny, GT semseg colours, depth, disparity, HED."""
 
 from factory.conditions.base import ConditionError, ConditionProvider
 from factory.conditions.hed import HEDNet, load_hed
@@ -6,6 +6,7 @@ from factory.conditions.providers import (
     CannyCondition,
     ConditionConfig,
     DepthCondition,
+    DisparityCondition,
     HedCondition,
     LayoutCondition,
     SemsegCondition,
@@ -19,6 +20,7 @@ __all__ = [
     "ConditionError",
     "ConditionProvider",
     "DepthCondition",
+    "DisparityCondition",
     "HEDNet",
     "HedCondition",
     "LayoutCondition",

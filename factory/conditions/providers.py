@@ -8,11 +8,14 @@ resolution, so ControlNet training and synthesis never special-case the conditio
 - ``semseg``: the ground-truth Cityscapes colour map from labelIds, 3 channels in [0, 1];
 - ``depth``: a transformers depth-estimation model from a local folder, min-max normalised
   per image (near = bright, as the model predicts relative inverse depth), 3 channels;
+- ``disparity``: the reference's own disparity label, min-max normalised per image the same
+  way (disparity is inverse depth; invalid pixels = 0 = far): exact geometry where ``depth``
+  estimates it, the offline world's stand-in for a MiDaS depth map (no depth weights offline);
 - ``hed``: HED soft edges from a local weights file (``HEDNet``), 3 channels in [0, 1].
 
 The 3-channel baselines follow the ControlNet convention (an RGB-like conditioning image).
-Only ``semseg`` reads labels (``needs_labels``); ``depth`` estimates depth from the image alone
-(it never reads the reference's disparity), like the others.
+``semseg`` and ``disparity`` read labels (``needs_labels``); ``depth`` estimates depth from the
+image alone (it never reads the reference's disparity), like the others.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from factory.layout import LayoutConfig, NeuralLayout, resize_image
 from factory.layout.store import LayoutStore
 from factory.models import SDComponents, content_hash, resolve_device
 
-ConditionKind = Literal["layout", "canny", "semseg", "depth", "hed"]
+ConditionKind = Literal["layout", "canny", "semseg", "depth", "disparity", "hed"]
 
 
 @dataclass
@@ -224,6 +227,54 @@ class SemsegCondition:
         return _to_tensor(maps)
 
 
+def _normalise_per_image(depth: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> min-max per image to [0, 1]; a constant map (no depth cue at all) becomes 0."""
+    lo = depth.amin(dim=(2, 3), keepdim=True)
+    hi = depth.amax(dim=(2, 3), keepdim=True)
+    return torch.where(hi > lo, (depth - lo) / (hi - lo).clamp_min(torch.finfo(depth.dtype).tiny), 0.0)
+
+
+class DisparityCondition:
+    """The reference's disparity label as a depth image (near = bright), like ``DepthCondition``'s.
+
+    Cityscapes encoding: p = d * 256 + 1, 0 = invalid; d = (p - 1) / 256 px is proportional to
+    inverse depth, so min-max normalising it gives what a relative depth model predicts, with
+    the true geometry. Invalid pixels (sky, beyond stereo range) are 0, i.e. far.
+    """
+
+    kind = "disparity"
+    channels = 3
+    needs_labels = True  # reads the disparity label
+
+    def __init__(self, resolution: tuple[int, int] | None = None):
+        self.resolution = resolution
+
+    def signature(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "encoding": "cityscapes disparity, min-max per image",
+            "resolution": self.resolution,
+        }
+
+    def __call__(self, samples: Sequence[Sample]) -> torch.Tensor:
+        size = _target_size(samples, self.resolution)
+        maps = []
+        for s in samples:
+            if s.disparity is None:
+                raise DataError(
+                    s.paths.get("disparity", s.key),
+                    "has no disparity label",
+                    "load the sample with labels=True from a dataset with disparity/, or use kind 'depth'",
+                )
+            p = s.disparity.astype(np.float32)
+            d: np.ndarray = np.where(p > 1, (p - 1.0) / 256.0, 0.0).astype(np.float32)
+            if d.shape != size:
+                d = cv2.resize(d, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            maps.append(d)
+        depth = torch.from_numpy(np.stack(maps))[:, None]
+        return _normalise_per_image(depth).expand(-1, 3, -1, -1).contiguous()
+
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -270,21 +321,24 @@ class DepthCondition:
         }
 
     @torch.inference_mode()
-    def __call__(self, samples: Sequence[Sample]) -> torch.Tensor:
-        size = _target_size(samples, self.resolution)
-        x = torch.from_numpy(np.stack([resize_image(s.image, size) for s in samples])).permute(0, 3, 1, 2)
-        x = x.float() / 255.0
+    def predict(self, images: np.ndarray) -> torch.Tensor:
+        """The model's raw ``predicted_depth`` (B, 1, H, W) float32 on uint8 images (B, H, W, 3),
+        bilinear to the images' size: relative inverse depth for relative models (Depth Anything,
+        DPT), metres for metric ones. factory.eval.depth scores it; ``__call__`` normalises it."""
+        size = images.shape[1:3]
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
         mh = max(self.multiple, round(size[0] / self.multiple) * self.multiple)
         mw = max(self.multiple, round(size[1] / self.multiple) * self.multiple)
         x = F.interpolate(x, size=(mh, mw), mode="bilinear", align_corners=False)
         x = ((x - self.mean) / self.std).to(self.device)
         depth = self.model(pixel_values=x).predicted_depth.float()  # (B, h, w)
-        depth = F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False)
-        lo = depth.amin(dim=(2, 3), keepdim=True)
-        hi = depth.amax(dim=(2, 3), keepdim=True)
-        # min-max per image; a constant map (no depth cue at all) becomes 0
-        depth = torch.where(hi > lo, (depth - lo) / (hi - lo).clamp_min(torch.finfo(depth.dtype).tiny), 0.0)
-        return depth.expand(-1, 3, -1, -1).contiguous().cpu()
+        return F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False).cpu()
+
+    @torch.inference_mode()
+    def __call__(self, samples: Sequence[Sample]) -> torch.Tensor:
+        size = _target_size(samples, self.resolution)
+        depth = self.predict(np.stack([resize_image(s.image, size) for s in samples]))
+        return _normalise_per_image(depth).expand(-1, 3, -1, -1).contiguous()
 
 
 class HedCondition:
@@ -325,6 +379,7 @@ PROVIDERS: dict[str, type[ConditionProvider]] = {
     "canny": CannyCondition,
     "semseg": SemsegCondition,
     "depth": DepthCondition,
+    "disparity": DisparityCondition,
     "hed": HedCondition,
 }
 
@@ -362,6 +417,8 @@ def build_condition(cfg: ConditionConfig, components: SDComponents | None = None
     if cfg.kind == "depth":
         assert cfg.depth_model is not None  # ConditionConfig.__post_init__ requires it for "depth"
         return DepthCondition(cfg.depth_model, device=cfg.device, resolution=res)
+    if cfg.kind == "disparity":
+        return DisparityCondition(res)
     if cfg.kind == "hed":
         assert cfg.hed_weights is not None  # ConditionConfig.__post_init__ requires it for "hed"
         return HedCondition(cfg.hed_weights, device=cfg.device, resolution=res)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from factory.config import check
-from factory.quality.segmenter import miou
+from factory.eval.alignment import miou
 
 
 class SegmenterLike(Protocol):

@@ -13,7 +13,7 @@ colour-shifted. Saved as ``<path>.safetensors`` + ``<path>.json``.
 
 API: ``Segmenter.train_procedural(cfg)``, ``Segmenter.fit(images, trainids, cfg)``,
 ``seg.predict(images_uint8) -> trainIds``, ``seg.save(path)``, ``Segmenter.load(path)``,
-``miou(pred, gt)``.
+``miou(pred, gt)`` (from factory.eval.alignment).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from tqdm.auto import tqdm
 from factory.cli import STARTS_OVER, run_cli
 from factory.config import check, load_config
 from factory.data.labels import IGNORE_INDEX, NUM_CLASSES, id_to_trainid
+
+# the scores live with the other measures of generated images; re-exported for existing callers
+from factory.eval.alignment import confusion, miou, miou_from_confusion, pixel_accuracy
 
 IGNORE = IGNORE_INDEX  # trainId of void pixels
 
@@ -93,18 +96,25 @@ class TinyUNet(nn.Module):
         self.dec = nn.ModuleList([_block(8 * w, 2 * w), _block(4 * w, w), _block(2 * w, w)])
         self.head = nn.Conv2d(w, classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four encoder stages' outputs (strides 1, 2, 4, 8): the judge's feature space for
+        the realism and diversity measures (factory.eval)."""
         skips = []
         for i, block in enumerate(self.enc):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
+        return skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = self.encode(x)
+        x = skips[-1]
         for block, skip in zip(self.dec, reversed(skips[:-1])):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         return self.head(x)
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
+def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 (B,H,W,3) or (H,W,3) -> float (B,3,H,W) in [-1, 1]."""
     if images.ndim == 3:
         images = images[None]
@@ -113,7 +123,7 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _augment(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Photometric jitter so that the instrument tolerates generated images (blur, colour shift).
 
     Returns the jittered batch and the mask of the samples it flipped horizontally.
@@ -152,7 +162,7 @@ class Segmenter:
         model = TinyUNet(cfg.width_mult)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-        x_all = _to_tensor(images)
+        x_all = to_input(images)
         y_all = torch.from_numpy(trainids.astype(np.int64))
         model.train()
         t0 = time.perf_counter()
@@ -162,7 +172,7 @@ class Segmenter:
             idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=g)
             x, y = x_all[idx].clone(), y_all[idx].clone()
             if cfg.augment:
-                x, flip = _augment(x, g)
+                x, flip = augment(x, g)
                 y[flip] = y[flip].flip(-1)
             loss = F.cross_entropy(model(x), y, ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
@@ -191,12 +201,19 @@ class Segmenter:
     def predict(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """uint8 RGB (B,H,W,3) or (H,W,3) -> trainIds uint8 (B,H,W) or (H,W)."""
         single = images.ndim == 3
-        x = _to_tensor(images)
+        x = to_input(images)
         out = []
         for i in range(0, len(x), batch_size):
             out.append(self.model(x[i : i + batch_size]).argmax(1).to(torch.uint8))
         pred = torch.cat(out).numpy()
         return pred[0] if single else pred
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, batch_size: int = 16) -> list[torch.Tensor]:
+        """The encoder stages' activations (float32, (B, C_l, H_l, W_l) per stage) on uint8 images."""
+        x = to_input(images)
+        chunks = [self.model.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return [torch.cat([c[stage] for c in chunks]) for stage in range(len(chunks[0]))]
 
     def save(self, path: str | Path) -> Path:
         """Write ``path.safetensors`` and ``path.json``; returns the safetensors path."""
@@ -267,36 +284,6 @@ def scene_trainids(scene) -> np.ndarray:
     return labelids_to_trainids(scene.labelids)
 
 
-def confusion(pred: np.ndarray, gt: np.ndarray, classes: int = NUM_CLASSES) -> np.ndarray:
-    """(classes, classes) confusion counts, rows = ground truth; gt == 255 ignored."""
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
-    valid = gt != IGNORE
-    idx = gt[valid].astype(np.int64) * classes + pred[valid].astype(np.int64)
-    return np.bincount(idx, minlength=classes * classes).reshape(classes, classes)
-
-
-def miou_from_confusion(cm: np.ndarray) -> float:
-    """Mean IoU over the classes present in the ground truth or the prediction (NaN if none)."""
-    inter = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
-    present = union > 0
-    if not present.any():
-        return float("nan")
-    return float((inter[present] / union[present]).mean())
-
-
-def miou(pred: np.ndarray, gt: np.ndarray, classes: int = NUM_CLASSES) -> float:
-    """Mean IoU of one prediction (ignore 255), see ``miou_from_confusion``."""
-    return miou_from_confusion(confusion(pred, gt, classes))
-
-
-def pixel_accuracy(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Fraction of non-ignored pixels predicted correctly."""
-    valid = gt != IGNORE
-    return float((pred[valid] == gt[valid]).mean()) if valid.any() else float("nan")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Train the alignment judge on rendered procedural scenes and save it (used by make demo)."""
     ap = argparse.ArgumentParser(
@@ -326,12 +313,14 @@ __all__ = [
     "Segmenter",
     "SegmenterConfig",
     "TinyUNet",
+    "augment",
     "confusion",
     "labelids_to_trainids",
     "miou",
     "miou_from_confusion",
     "pixel_accuracy",
     "render_training_set",
+    "to_input",
 ]
 
 

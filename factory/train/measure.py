@@ -1,11 +1,12 @@
-"""Measure whether layout-conditioned samples follow the reference layout (not eyeballed).
+"""Alignment of one ControlNet's samples, with and without its condition (a thin wrapper).
 
-Why: "the samples follow the layout" is a claim about pixels, so it is scored: a small
-segmenter trained on real procedural scenes (factory.quality.segmenter) predicts trainIds on
-each generated image, and the mIoU against the *reference* labels says how much of the scene
-layout survived synthesis. The same references are generated with the condition zeroed (what
-the ControlNet sees under condition dropout): the gap between the two numbers is what the
-condition contributes. The segmenter's mIoU on the real references is the ceiling.
+Why it stays: ``factory.eval.compare`` is the full conditioning comparison (five columns, many
+ControlNets); this is its one-column special case kept for its CLI and ``measure.json``. A small
+segmenter (factory.quality.segmenter) predicts trainIds on each generated image and the mIoU
+against the *reference* labels (``factory.eval.alignment``) says how much of the layout survived;
+the same references are generated with the condition zeroed (what the ControlNet sees under
+condition dropout), and the segmenter's mIoU on the real references is the ceiling. Samples are
+made by the factory's own ``Synthesizer`` with the ControlNet's recorded recipe (DDIM).
 
 Usage::
 
@@ -20,22 +21,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
 
 from factory.atomic import atomic_write_text
 from factory.cli import STARTS_OVER, run_cli
-from factory.config import from_dict
 from factory.data.sample import DataError, Sample
-from factory.quality.segmenter import (
-    Segmenter,
-    SegmenterConfig,
-    confusion,
-    labelids_to_trainids,
-    miou_from_confusion,
-)
+from factory.quality.segmenter import Segmenter, SegmenterConfig, labelids_to_trainids
 
 
 def _labelids(sample: Sample) -> np.ndarray:
@@ -56,23 +49,19 @@ def measure(
     guidance: float = 3.0,
     seed: int = 0,
 ) -> dict:
-    from diffusers import ControlNetModel
-
-    from factory.conditions import ConditionConfig, build_condition
     from factory.data.cityscapes import list_cityscapes, load_sample
-    from factory.models import load_components
-    from factory.train.controlnet import controlnet_pipeline, sample_images
+    from factory.eval.alignment import segmenter_alignment
+    from factory.synth import SynthConfig, Synthesizer, WorkItem
+    from factory.synth.variants import Variant
     from factory.viz import condition_to_rgb, save_grid
 
     t0 = time.perf_counter()
     meta = json.loads((controlnet_dir / "lumen_training.json").read_text())
-    components = load_components(meta["base_model"]["ref"])
-    cond_cfg = from_dict(ConditionConfig, meta["config"]["condition"])
-    provider = build_condition(cond_cfg, components)
-    controlnet = ControlNetModel.from_pretrained(controlnet_dir).eval()
-    pipe = controlnet_pipeline(components, controlnet)
-    pipe.set_progress_bar_config(disable=True)
-
+    synth = Synthesizer.from_config(
+        SynthConfig(controlnet=str(controlnet_dir), steps=steps, guidance_scale=guidance, scheduler="ddim",
+                    device="cpu", batch_size=8),
+        seed=seed,
+    )  # fmt: skip
     if Path(segmenter_path).with_suffix(".safetensors").is_file():
         seg = Segmenter.load(segmenter_path)
     else:
@@ -83,24 +72,21 @@ def measure(
     samples = [load_sample(r) for r in refs]
     gts = np.stack([labelids_to_trainids(_labelids(s)) for s in samples])
     reals = np.stack([s.image for s in samples])
-    cond = provider(samples).float()
-    seeds = [seed + i for i in range(len(samples))]
+    assert synth.condition is not None, "a trained ControlNet folder records its condition"
+    cond = synth.condition(samples).float()
+    variant = Variant(name="measure", prompt=prompt)
+    items = [WorkItem(r, variant, seed + i) for i, r in enumerate(refs)]
     gen = {}
     for name, c in (("layout", cond), ("zeroed", torch.zeros_like(cond))):
-        chunks = [
-            sample_images(pipe, c[i : i + 8], prompt, seeds[i : i + 8], steps, guidance)
-            for i in range(0, len(samples), 8)
-        ]
-        gen[name] = np.concatenate(chunks)
+        outputs = synth(items, c)
+        bad = [o.error for o in outputs if o.image is None]
+        if bad:
+            raise RuntimeError(f"{controlnet_dir}: {len(bad)} samples failed, e.g. {bad[0]}")
+        gen[name] = np.stack([o.image for o in outputs if o.image is not None])
     results = {}
     for name, imgs in (("real_reference", reals), *gen.items()):
-        pred = seg.predict(imgs)
-        # a sum over the (non-empty) batch of confusion matrices is a matrix, never the start 0
-        cm = cast(np.ndarray, sum(confusion(p, g) for p, g in zip(pred, gts)))
-        results[name] = {
-            "miou": round(miou_from_confusion(cm), 4),
-            "pixel_acc": round(float(np.diag(cm).sum() / cm.sum()), 4),
-        }
+        scores = segmenter_alignment(seg, imgs, gts)
+        results[name] = {k: round(v, 4) for k, v in scores.items()}
     rows = [
         [reals[i], condition_to_rgb(cond[i]), gen["layout"][i], gen["zeroed"][i]] for i in range(min(6, n))
     ]

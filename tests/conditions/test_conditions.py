@@ -57,6 +57,7 @@ def test_needs_labels_is_declared_per_kind():
         "canny": False,
         "semseg": True,
         "depth": False,
+        "disparity": True,
         "hed": False,
     }
     assert set(PROVIDERS) == set(get_args(ConditionKind))
@@ -84,6 +85,30 @@ def test_semseg_colours_are_cityscapes_colours(samples):
     assert small.shape == (3, 3, 32, 64)
     with pytest.raises(DataError, match="no semantic labels"):
         SemsegCondition()([Sample(key="x", image=samples[0].image)])
+
+
+def test_disparity_is_the_references_inverse_depth_normalised(samples):
+    """The disparity baseline: (p - 1) / 256 min-max per image, so near is bright and nearer pixels
+    are brighter in exactly the order of the true depth; invalid disparity (sky) is 0."""
+    rng = np.random.default_rng(5)
+    scenes = [render_scene(rng, 64, 128) for _ in range(2)]
+    with_disp = [
+        Sample(key=f"d_{i:06d}_000019", image=sc.image, disparity=sc.disparity) for i, sc in enumerate(scenes)
+    ]
+    out = check_contract(build_condition(ConditionConfig(kind="disparity")), with_disp)
+    for d, sc in zip(out, scenes):
+        assert torch.equal(d[0], d[2]) and d.max() == pytest.approx(1.0)
+        valid = sc.disparity > 1
+        full = np.where(valid, (sc.disparity.astype(np.float64) - 1) / 256, 0.0)  # invalid = 0 = far
+        expected = (full - full.min()) / (full.max() - full.min())
+        np.testing.assert_allclose(d[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+        if not valid.all():
+            assert (d[0][torch.from_numpy(~valid)] == 0).all()
+        near = np.unravel_index(sc.depth.argmin(), sc.depth.shape)
+        assert d[0][near] > 0.99  # the nearest point is the brightest
+    assert build_condition(ConditionConfig(kind="disparity")).needs_labels
+    with pytest.raises(DataError, match="no disparity label"):
+        build_condition(ConditionConfig(kind="disparity"))(samples[:1])
 
 
 def test_hed_from_a_weights_file(tmp_path, samples):

@@ -16,8 +16,11 @@ TINY = [
     "judge_steps=20",
     "base_overrides=[max_minutes=0.3, n_scenes=32, vae_steps=10, unet_steps=10, preview_steps=2, preview_per_weather=1]",
     "controlnet_overrides=[steps=4, validation.every=4, checkpoint_every=2, validation.steps=2, validation.num_references=1]",
-    "align_n=2",
-    "align_steps=2",
+    "depth_judge_steps=5",
+    "weather_judge_steps=5",
+    "compare_n=2",
+    "compare_weather_refs=1",
+    "compare_steps=2",
     "variants=[fog, night]",
     "generate_overrides=[synth.steps=2, batch_size=4, samples_per_shard=8]",
     "pca_samples=2000",
@@ -89,3 +92,50 @@ def test_weather_claim_is_checked_against_the_numbers():
     assert "**holds**" in "\n".join(weather_lines(stats(clear=0.4, fog=0.7, snow=0.7, night=0.1)))
     assert "**does not hold**" in "\n".join(weather_lines(stats(clear=0.4, fog=0.38, snow=0.7, night=0.1)))
     assert weather_lines({}) == []
+
+
+def test_conditioning_table_has_the_five_columns_and_checks_the_claim(tmp_path):
+    from demo.report import compare_lines
+
+    def row(miou, text=0.4, lpips=0.1):
+        return {"scores": {"miou": miou, "pixel_acc": 0.7, "si_log": 40.0, "fd": 12.5, "lpips": lpips, "text": text},
+                "grid": str(tmp_path / f"grid_{miou}.png")}  # fmt: skip
+
+    labels = {
+        "miou": "mIoU",
+        "si_log": "SILog",
+        "fd": "FD(judge)",
+        "lpips": "LPIPS(judge)",
+        "text": "weather acc",
+    }
+    cmp = {
+        "columns": [
+            {"key": k, "label": v, "higher_is_better": k not in ("si_log", "fd")} for k, v in labels.items()
+        ],
+        "rows": {
+            "real reference": {"scores": {**row(0.5)["scores"], "lpips": None, "text": None}},
+            "no condition": row(0.1),
+            "layout": row(0.3),
+            "canny": row(0.2),
+            "semseg": row(0.25),
+        },  # fmt: skip
+        "plot": str(tmp_path / "compare.png"),
+        "settings": {
+            "n_references": 8,
+            "seeds": 2,
+            "weather_refs": 2,
+            "weathers": ["fog", "night", "rain", "snow"],
+            "sampler": {"steps": 10, "scheduler": "ddim"},
+            "fd_real": {"split": "train", "n": 96},
+        },  # fmt: skip
+    }
+    text = "\n".join(compare_lines(cmp, ["layout", "canny", "semseg"], lambda p: str(p)))
+    assert (
+        "| conditioning | mIoU ↑ | pixel acc | SILog ↓ | FD(judge) ↓ | LPIPS(judge) ↑ | weather acc ↑ |"
+        in text
+    )
+    assert "| neural layout (LUMEN) | 0.300 | 0.700 | 40.0 | 12.5 | 0.100 | 0.400 |" in text
+    assert "| real reference | 0.500 | 0.700 | 40.0 | 12.5 | - | - |" in text
+    assert "**holds**" in text and "steps of 0.10" in text
+    cmp["rows"]["canny"] = row(0.35)
+    assert "**does not hold**" in "\n".join(compare_lines(cmp, ["layout", "canny"], lambda p: str(p)))
