@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from factory.atomic import atomic_write_text
+from factory.cli import STARTS_OVER, run_cli
 from factory.config import check
 
 # column key -> (offline label, label with the real instrument, higher is better)
@@ -668,5 +669,4 @@ __all__ = ["COLUMNS", "CompareConfig", "build_parser", "compare", "format_table"
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from factory.cli import STARTS_OVER, run_cli
 from factory.config import check, load_config
 from factory.data.procedural import ALL_WEATHERS
 
@@ -291,4 +292,4 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))

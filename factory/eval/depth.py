@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from factory.cli import STARTS_OVER, run_cli
 from factory.config import check, load_config
 
 SI_CONVENTION = (
@@ -323,4 +324,4 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))
