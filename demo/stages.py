@@ -376,15 +376,24 @@ class Demo:
         from factory.layout.pca import pca_files
 
         out = self.out / "dg"
-        os.environ["CITY_ROOT"] = str(self.city)  # the procedural dataset config reads its roots from here
-        result = self._call(
-            dg.main,
-            ["--config", "configs/downstream/segformer_tiny_procedural-64x128.py",
-             "--lumen", str(self.out / "generate" / "shards" / "*.tar"),
-             "--ratio", str(self.cfg.dg_ratio), "--seeds", *map(str, self.cfg.dg_seeds),
-             "--max-iters", str(self.cfg.dg_max_iters), "--pca-meta", str(pca_files(self.pca)[1]),
-             "--out", str(out)],
-        )  # fmt: skip
+        # the procedural dataset config reads its roots from CITY_ROOT; set for this stage only
+        # (a caller in the same process - a test session - must not inherit the demo's city)
+        previous = os.environ.get("CITY_ROOT")
+        os.environ["CITY_ROOT"] = str(self.city)
+        try:
+            result = self._call(
+                dg.main,
+                ["--config", "configs/downstream/segformer_tiny_procedural-64x128.py",
+                 "--lumen", str(self.out / "generate" / "shards" / "*.tar"),
+                 "--ratio", str(self.cfg.dg_ratio), "--seeds", *map(str, self.cfg.dg_seeds),
+                 "--max-iters", str(self.cfg.dg_max_iters), "--pca-meta", str(pca_files(self.pca)[1]),
+                 "--out", str(out)],
+            )  # fmt: skip
+        finally:
+            if previous is None:
+                os.environ.pop("CITY_ROOT", None)
+            else:
+                os.environ["CITY_ROOT"] = previous
         return {"summary": result["summary"], "table": result["table"], "json": str(out / "dg.json")}
 
     def stage_multitask(self) -> dict:

@@ -29,7 +29,8 @@ def cli(
     *args: str, cwd: Path = REPO, debug: bool = False, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """``python -m <args>`` as a user runs it (LUMEN_DEBUG off unless ``debug``)."""
-    env = {k: v for k, v in os.environ.items() if k != "LUMEN_DEBUG"}
+    # a user's shell: no debug switch, no dataset roots another test may have pointed elsewhere
+    env = {k: v for k, v in os.environ.items() if k not in ("LUMEN_DEBUG", "CITY_ROOT")}
     env.update(PYTHONPATH=str(REPO), TQDM_DISABLE="1", **({"LUMEN_DEBUG": "1"} if debug else {}))
     cmd = [sys.executable, "-m", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -19,7 +19,9 @@ CONFIG = (
 def cfg():
     from mmengine.config import Config
 
-    return Config.fromfile(str(CONFIG))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("CITY_ROOT", raising=False)  # the config's own default roots
+        return Config.fromfile(str(CONFIG))
 
 
 @pytest.mark.parametrize(
