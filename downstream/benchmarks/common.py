@@ -91,6 +91,22 @@ def summarise(
     return out
 
 
+def error_bars(cells: list[dict[str, float]]) -> list[float] | None:
+    """Sample standard deviations for a bar plot's ``yerr``, or None (no bars) when a cell has a
+    single seed: a zero-length bar would read as "no spread" where the spread is unknown."""
+    if any(c.get("n", 1) < 2 for c in cells):
+        return None
+    return [c["std"] for c in cells]
+
+
+def seeds_note(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """ "n = 3 seeds, bars = 1 std" or "1 seed (no error bars)" for a plot's title."""
+    ns = {c.get("n", 1) for cols in summary.values() for c in cols.values()}
+    if ns == {1}:
+        return "1 seed (no error bars)"
+    return f"n = {min(ns)}-{max(ns)} seeds" if len(ns) > 1 else f"n = {ns.pop()} seeds, bars = 1 std"
+
+
 def save_result(
     out: Path, stem: str, result: dict[str, Any], plot: Callable[[dict, Path], None]
 ) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from downstream.benchmarks.common import (
+    error_bars,
     files_identity,
     finished_scores,
     has_checkpoint,
@@ -31,6 +32,7 @@ from downstream.benchmarks.common import (
     record_scores,
     run_dir,
     save_result,
+    seeds_note,
     summarise,
 )
 from downstream.segformer.shards import expand_shards
@@ -115,13 +117,13 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: str | Path) -> N
             x + i * w - 0.4 + w / 2,
             [summary[m][c]["mean"] for c in COLUMNS],
             w,
-            yerr=[summary[m][c]["std"] for c in COLUMNS],
+            yerr=error_bars([summary[m][c] for c in COLUMNS]),
             capsize=2,
             label=m,
         )
     ax.set_xticks(x, COLUMNS)
     ax.set_ylabel("mIoU (%)")
-    ax.set_title("Cityscapes -> ACDC domain generalisation")
+    ax.set_title(f"Cityscapes -> ACDC domain generalisation ({seeds_note(summary)})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from downstream.benchmarks.common import (
+    error_bars,
     files_identity,
     finished_scores,
     has_checkpoint,
@@ -29,6 +30,7 @@ from downstream.benchmarks.common import (
     record_scores,
     run_dir,
     save_result,
+    seeds_note,
     summarise,
 )
 from factory.cli import run_cli
@@ -76,13 +78,15 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: str | Path) -> N
         ax.bar(
             range(len(mixes)),
             [summary[m][c]["mean"] for m in mixes],
-            yerr=[summary[m][c]["std"] for m in mixes],
+            yerr=error_bars([summary[m][c] for m in mixes]),
             capsize=3,
             color=[f"C{i}" for i in range(len(mixes))],
         )
         ax.set_xticks(range(len(mixes)), mixes, rotation=20, fontsize=8)
         ax.set_title(c + (" (lower is better)" if c in LOWER_IS_BETTER else ""), fontsize=9)
-    fig.suptitle("Multi-task network on the real val set, by training data", fontsize=10)
+    fig.suptitle(
+        f"Multi-task network on the real val set, by training data ({seeds_note(summary)})", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -24,6 +24,10 @@ from .geometry import SensorView
 EDGES = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
 
 
+# boxes: ground truth white, predictions green
+COLUMNS = ("3D boxes (white GT, green pred)", "semantics (pred)", "depth (pred)", "depth (GT)")
+
+
 def draw_boxes(
     image: np.ndarray,
     objects: list[dict[str, Any]],
@@ -87,4 +91,4 @@ def prediction_row(
 
 def save_sheet(rows: list[list[np.ndarray]], path: Path) -> Path:
     """Rows of tiles -> one PNG (columns: boxes | semantics | depth predicted | depth truth)."""
-    return save_grid(rows, path, pad=2, margin=0)
+    return save_grid(rows, path, col_labels=COLUMNS, pad=2, margin=0)

@@ -237,13 +237,18 @@ class WeatherJudge:
         return judge
 
     @torch.no_grad()
-    def predict(self, images: np.ndarray, batch_size: int = 32) -> list[str]:
-        """The weather name predicted for each uint8 RGB image (B, H, W, 3)."""
+    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(B, len(WEATHERS)) softmax probabilities for uint8 RGB images (B, H, W, 3); the
+        generation job's quality gate reads the prompted weather's column."""
         from factory.quality.segmenter import to_input
 
         x = to_input(images)
-        idx = torch.cat([self.model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-        return [WEATHERS[int(k)] for k in idx]
+        logits = torch.cat([self.model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+    def predict(self, images: np.ndarray, batch_size: int = 32) -> list[str]:
+        """The weather name predicted for each uint8 RGB image (B, H, W, 3)."""
+        return [WEATHERS[int(k)] for k in self.probabilities(images, batch_size).argmax(1)]
 
     def save(self, path: str | Path) -> Path:
         from factory.eval.instrument import save_instrument

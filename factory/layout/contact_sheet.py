@@ -27,6 +27,8 @@ from factory.layout.neural import LayoutConfig, NeuralLayout, build_backbone, fi
 from factory.layout.pca import PCAArtifact
 from factory.viz import save_grid
 
+COLUMNS = ("image", "neural layout (PCA 1-3)", "Canny", "GT semseg")
+
 
 def cityscapes_root(path: Path) -> Path:
     """Accept the procedural city's output folder (with cityscapes/ inside) or a Cityscapes root."""
@@ -77,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     semseg = [(t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for t in SemsegCondition(size)(shown)]
     rows = [list(tiles) for tiles in zip(images, layout_rgb, canny, semseg, strict=True)]
     # 2-pixel gaps, no outer margin, tiles upscaled without blurring the label colours
-    save_grid(rows, args.out, pad=2, margin=0, scale=args.scale, interpolation=cv2.INTER_NEAREST)
+    save_grid(
+        rows, args.out, col_labels=COLUMNS, pad=2, margin=0, scale=args.scale, interpolation=cv2.INTER_NEAREST
+    )
     print(
         f"wrote {args.out} ({len(shown)} rows: image | layout RGB | Canny | semseg) with PCA of {pca.meta.get('sample_count')} vectors"
     )

@@ -26,6 +26,12 @@ class SegmenterLike(Protocol):
     def predict(self, images: np.ndarray) -> np.ndarray: ...
 
 
+class WeatherJudgeLike(Protocol):
+    """``probabilities(uint8 BxHxWx3) -> (B, len(WEATHERS))`` (factory.eval.controllability.WeatherJudge)."""
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass
 class QualityConfig:
     """Thresholds for accepting a synthetic sample, and how often to retry a rejected one.
@@ -38,6 +44,11 @@ class QualityConfig:
     segmenter: a saved ``Segmenter`` (``path`` of ``path.safetensors`` + ``path.json``) for the
       label-consistency score. Read by the jobs, which load it once per actor; the functions
       below take the loaded segmenter as an argument.
+    weather_judge: a saved weather classifier (``python -m factory.eval.controllability --out``)
+      that scores whether the prompted weather is visible: p(prompted weather) is recorded as
+      ``weather_prob`` for variants whose prompt set is one of its weathers.
+    min_weather_prob: reject (and retry with a new seed) a sample whose p(prompted weather) is
+      below this - the prompt asked for fog and the image shows none; None records only.
     """
 
     min_std: float = 4.0
@@ -45,6 +56,8 @@ class QualityConfig:
     min_label_miou: float | None = None
     max_attempts: int = 3
     segmenter: Path | None = None
+    weather_judge: Path | None = None
+    min_weather_prob: float | None = None
 
     def __post_init__(self) -> None:
         check(self.min_std >= 0, "min_std", f"must be >= 0, got {self.min_std}")
@@ -56,6 +69,18 @@ class QualityConfig:
                 f"must be in [0, 1] or null, got {self.min_label_miou}",
             )
         check(self.max_attempts >= 1, "max_attempts", f"must be >= 1, got {self.max_attempts}")
+        if self.min_weather_prob is not None:
+            check(
+                0.0 <= self.min_weather_prob <= 1.0,
+                "min_weather_prob",
+                f"must be in [0, 1] or null, got {self.min_weather_prob}",
+            )
+            check(
+                self.weather_judge is not None,
+                "weather_judge",
+                "min_weather_prob gates on the weather judge's probability (fix: set quality.weather_judge "
+                "to a saved judge, or quality.min_weather_prob: null)",
+            )
 
 
 @dataclass
@@ -119,6 +144,16 @@ def label_consistency(
     return miou(pred, gt)
 
 
+def weather_probability(image: np.ndarray, weather: str, judge: WeatherJudgeLike) -> float | None:
+    """p(``weather``) for one uint8 image, or None when ``weather`` is not one the judge knows
+    (a prompt set such as "dusk" is not scored)."""
+    from factory.eval.controllability import WEATHERS
+
+    if weather not in WEATHERS:
+        return None
+    return float(np.asarray(judge.probabilities(image[None]))[0, WEATHERS.index(weather)])
+
+
 def check_sample(
     image: np.ndarray | None,
     labels: np.ndarray | None = None,
@@ -126,6 +161,8 @@ def check_sample(
     cfg: QualityConfig | None = None,
     *,
     labelids: bool = False,
+    weather: str | None = None,
+    weather_judge: WeatherJudgeLike | None = None,
 ) -> QualityResult:
     """Check one synthetic image (uint8 HxWx3, or float HxWx3 in [0, 1] before conversion).
 
@@ -170,6 +207,17 @@ def check_sample(
             )
     elif cfg.min_label_miou is not None and labels is not None:
         raise ValueError("quality.min_label_miou is set but no segmenter was given (fix: configure one)")
+    if weather_judge is not None and weather:
+        p = weather_probability(to_uint8(image), weather, weather_judge)
+        if p is not None:
+            scores["weather_prob"] = round(p, 6)
+            if cfg.min_weather_prob is not None and p < cfg.min_weather_prob:
+                return QualityResult(
+                    False,
+                    f"weather_absent: p({weather}) {p:.3f} < min_weather_prob {cfg.min_weather_prob}",
+                    scores,
+                    agreement,
+                )
     return QualityResult(True, None, scores, agreement)
 
 
@@ -180,6 +228,8 @@ def check_output(
     cfg: QualityConfig | None = None,
     *,
     labelids: bool = False,
+    weather: str | None = None,
+    weather_judge: WeatherJudgeLike | None = None,
 ) -> QualityResult:
     """``check_sample`` for a ``SynthOutput``: its NaN count (taken on the float decode by the
     Synthesizer) and error are folded in, so a NaN sample is rejected as ``nonfinite``."""
@@ -191,7 +241,9 @@ def check_output(
         )
     if output.error is not None:
         return QualityResult(False, output.error, {})
-    result = check_sample(output.image, labels, segmenter, cfg, labelids=labelids)
+    result = check_sample(
+        output.image, labels, segmenter, cfg, labelids=labelids, weather=weather, weather_judge=weather_judge
+    )
     result.scores.setdefault("nonfinite", 0)
     return result
 
@@ -203,10 +255,12 @@ __all__ = [
     "QualityConfig",
     "QualityResult",
     "SegmenterLike",
+    "WeatherJudgeLike",
     "agreement_map",
     "check_output",
     "check_sample",
     "judge",
     "label_consistency",
     "to_uint8",
+    "weather_probability",
 ]

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from factory.data.sample import SampleRef
-from factory.quality.checks import QualityConfig, QualityResult, SegmenterLike, check_output
+from factory.quality.checks import QualityConfig, QualityResult, SegmenterLike, WeatherJudgeLike, check_output
 from factory.synth.seeds import sample_seed
 from factory.synth.synthesizer import SynthOutput, WorkItem
 from factory.synth.variants import Variant
 
 Status = Literal["ok", "rejected", "failed"]
-RETRYABLE = ("nonfinite", "black", "constant", "label_consistency", "missing")
+RETRYABLE = ("nonfinite", "black", "constant", "label_consistency", "weather_absent", "missing")
 
 
 @dataclass
@@ -83,6 +83,7 @@ def synthesize_with_retries(
     labelids: bool = False,
     batch_size: int | None = None,
     samples: Sequence[Any] | None = None,
+    weather_judge: WeatherJudgeLike | None = None,
 ) -> list[SampleResult]:
     """Generate each (ref, variant), check it, retry rejected ones up to ``cfg.max_attempts``.
 
@@ -90,8 +91,9 @@ def synthesize_with_retries(
     ``synth(items, condition, *, samples=..., batch_size=...)``). condition: [N, C, H, W], row i
     for ``work[i]``, or None to let ``synth`` compute it from ``samples`` (the loaded
     references, item i for ``work[i]``; the generation job passes these). labels: per item, the
-    reused labels to score (trainIds, or labelIds with ``labelids=True``) or None. Results come
-    back in the order of ``work``.
+    reused labels to score (trainIds, or labelIds with ``labelids=True``) or None.
+    weather_judge: scores p(the variant's prompt set) per sample (``cfg.min_weather_prob`` gates
+    on it). Results come back in the order of ``work``.
     """
     cfg = cfg or QualityConfig()
     n = len(work)
@@ -120,7 +122,10 @@ def synthesize_with_retries(
         retry = []
         for i, out in zip(pending, outputs):
             gt = labels[i] if labels is not None else None
-            quality = check_output(out, gt, segmenter, cfg, labelids=labelids)
+            quality = check_output(
+                out, gt, segmenter, cfg, labelids=labelids,
+                weather=work[i][1].prompt_set, weather_judge=weather_judge,
+            )  # fmt: skip
             status = classify(quality)
             attempts[i].append(
                 Attempt(

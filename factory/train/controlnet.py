@@ -650,7 +650,9 @@ def validation_grid(cfg: ControlNetTrainConfig, data: _Data, components, control
     pipe = controlnet_pipeline(components, controlnet)
     pipe.set_progress_bar_config(disable=True)
     seeds = [v.seed + i for i in range(n)]
-    samples = [sample_images(pipe, cond, p, seeds, v.steps, v.guidance) for p in v.prompts]
+    # minutes on a CPU: one bar step per prompt, each sampling every reference
+    prompts = tqdm(v.prompts, desc=f"validation grid ({n} refs, {v.steps} steps)", unit="prompt", leave=False)
+    samples = [sample_images(pipe, cond, p, seeds, v.steps, v.guidance) for p in prompts]
     rows = [[data.samples[i].image, condition_to_rgb(cond[i]), *(s[i] for s in samples)] for i in range(n)]
     return save_grid(rows, path, col_labels=["reference", "condition", *v.prompts])
 

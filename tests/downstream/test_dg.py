@@ -144,3 +144,34 @@ def test_dg_rerun_reuses_finished_runs_and_resumes_a_killed_one(city_env, ref_sh
     logs = sorted(killed.glob("*/*.log"))
     assert "resumed" in logs[-1].read_text().lower() and (killed / "scores.json").is_file()
     assert {p.name for p in (out / "real+LUMEN" / "seed0").iterdir()} == before  # not retrained
+
+
+def test_plots_draw_error_bars_only_with_several_seeds(tmp_path):
+    """One seed has no spread to show: no error bars (a zero-length bar reads as "no spread"),
+    and the title says how many seeds; with several seeds the bars are the sample std."""
+    from matplotlib.container import ErrorbarContainer
+
+    from downstream.benchmarks.common import error_bars, seeds_note, summarise
+
+    one = summarise({"real": [{c: 10.0 for c in dg.COLUMNS}]}, dg.COLUMNS)
+    two = summarise({"real": [{c: 10.0 for c in dg.COLUMNS}, {c: 12.0 for c in dg.COLUMNS}]}, dg.COLUMNS)
+    assert error_bars(list(one["real"].values())) is None and seeds_note(one) == "1 seed (no error bars)"
+    assert error_bars(list(two["real"].values())) == pytest.approx([2**0.5] * len(dg.COLUMNS))
+    assert seeds_note(two) == "n = 2 seeds, bars = 1 std"
+
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, *args, **kwargs):
+        drawn.append(sum(isinstance(c, ErrorbarContainer) for ax in fig.axes for c in ax.containers))
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = capture  # type: ignore[method-assign]
+    try:
+        dg.plot(one, tmp_path / "one.png")
+        dg.plot(two, tmp_path / "two.png")
+    finally:
+        plt.Figure.savefig = real_savefig  # type: ignore[method-assign]
+    assert drawn == [0, 1]

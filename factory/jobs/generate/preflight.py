@@ -2,8 +2,8 @@
 
 Why: a worker that cannot load its models fails in its constructor, on every GPU of the
 cluster, minutes into the job. Everything that can be checked without loading weights is
-checked here, once, with the file named in the error: the prompt sets, the segmenter (small: it
-is loaded), the synthesizer plugin (imported, not called), and for the LUMEN synthesizer the
+checked here, once, with the file named in the error: the prompt sets, the judges (segmenter,
+weather classifier; small: they are loaded), the synthesizer plugin (imported, not called), and for the LUMEN synthesizer the
 ControlNet folder and its recorded recipe, the base model, and the condition's artifacts (a
 layout's backbone model, PCA artifact and store; a depth model; HED weights).
 """
@@ -14,7 +14,7 @@ import dataclasses
 
 from factory.config import ConfigError
 from factory.jobs.generate.config import GenerateConfig
-from factory.jobs.generate.stage import load_segmenter
+from factory.jobs.generate.stage import load_segmenter, load_weather_judge
 from factory.jobs.generate.synthesizers import resolve_plugin
 from factory.synth.variants import Variant
 
@@ -46,6 +46,7 @@ def preflight(cfg: GenerateConfig) -> tuple[GenerateConfig, list[Variant]]:
     """The checked config (recipe resolved) and its variants; raises on the first problem."""
     variants = cfg.variants.build()
     load_segmenter(cfg.quality)
+    load_weather_judge(cfg.quality)
     return check_synthesizer(cfg), variants
 
 

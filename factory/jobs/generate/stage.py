@@ -1,7 +1,7 @@
 """The generation stage: a shard of (reference, variant) items -> one tar + one manifest part.
 
-Ray-free (factory.jobs.stage): ``setup`` loads the synthesizer and the optional label-
-consistency segmenter once per worker; ``process_shard`` reads the references (each once per
+Ray-free (factory.jobs.stage): ``setup`` loads the synthesizer and the optional judges (the
+label-consistency segmenter, the weather classifier) once per worker; ``process_shard`` reads the references (each once per
 batch, the next batch in loader threads), synthesises, checks and retries rejected samples with
 new seeds (factory.quality), and commits the shard: the tar first (atomic rename), then its
 manifest part. Out of memory halves the worker's batch and retries the same items: each sample
@@ -103,6 +103,7 @@ class GenerateStage:
         signature = getattr(self.synth, "signature", None)
         self.signature = _plain(signature()) if callable(signature) else {"synthesizer": cfg.synthesizer}
         self.segmenter = load_segmenter(cfg.quality)
+        self.weather_judge = load_weather_judge(cfg.quality)
 
     def teardown(self) -> None:
         for pool in (getattr(self, "encoder", None), getattr(self, "loader", None)):
@@ -205,6 +206,7 @@ class GenerateStage:
                 labels=[_trainids(s) for _, s, _ in todo] if self.segmenter is not None else None,
                 segmenter=self.segmenter,
                 samples=[s for _, s, _ in todo],
+                weather_judge=self.weather_judge,
             )
             # 3. One manifest row per attempt; the accepted sample goes to the shard.
             for (item, sample, labels), res in zip(todo, results):
@@ -305,6 +307,15 @@ def load_segmenter(cfg: QualityConfig) -> Any:
     return Segmenter.load(cfg.segmenter)
 
 
+def load_weather_judge(cfg: QualityConfig) -> Any:
+    """The configured weather judge (``quality.weather_judge``), or None."""
+    if cfg.weather_judge is None:
+        return None
+    from factory.eval.controllability import WeatherJudge
+
+    return WeatherJudge.load(cfg.weather_judge)
+
+
 def _trainids(sample: Sample) -> np.ndarray | None:
     """The reference's labels as trainIds for the label-consistency score (None: no labels)."""
     if sample.semantic is not None:
@@ -327,4 +338,4 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["GenerateStage", "ShardResult", "load_segmenter", "plan_items"]
+__all__ = ["GenerateStage", "ShardResult", "load_segmenter", "load_weather_judge", "plan_items"]
