@@ -101,10 +101,9 @@ def job_record():
     return SimpleNamespace(record=_record_in_manifest, cut=_cut_last_sample)
 
 
-@pytest.fixture
-def bad_label_shard(cs_root: Path, tmp_path: Path) -> tuple[Path, str, str]:
-    """(shard, good key, bad key): two references' fog samples; the bad one's labelIds map holds
-    250 in a corner (no Cityscapes labelId: the kind of sample that stopped training when drawn)."""
+def shard_with_bad_label(cs_root: Path, shard: Path, bad_labelids: Path) -> tuple[Path, str, str]:
+    """(shard, good key, bad key): two references' fog samples written to ``shard``, the second
+    one's labelIds member replaced by the file ``bad_labelids``."""
     import numpy as np
     from PIL import Image
 
@@ -112,20 +111,38 @@ def bad_label_shard(cs_root: Path, tmp_path: Path) -> tuple[Path, str, str]:
     from factory.shards import ShardWriter, label_files
 
     refs = list_cityscapes(cs_root, "train").refs[:2]
-    labels = np.array(Image.open(refs[1].paths["labelids"]))
-    labels[:4, :4] = 250
-    broken = tmp_path / "broken_labelIds.png"
-    Image.fromarray(labels).save(broken)
-    shard = tmp_path / "bad_labels" / "shard-000000.tar"
     w = ShardWriter(shard)
     for ref in refs:
         files = label_files(ref)
         if ref is refs[1]:
-            files["labelids.png"] = broken
+            files["labelids.png"] = bad_labelids
         image = np.asarray(Image.open(ref.paths["image"]).convert("RGB"))
         w.add(f"{ref.key}__fog", image, files, {"source_key": ref.key, "variant": "fog"})
     w.close()
     return shard, f"{refs[0].key}__fog", f"{refs[1].key}__fog"
+
+
+@pytest.fixture
+def bad_label_shard(cs_root: Path, tmp_path: Path) -> tuple[Path, str, str]:
+    """(shard, good key, bad key): the bad sample's labelIds map holds 250 in a corner (no
+    Cityscapes labelId: the kind of sample that stopped training when drawn)."""
+    import numpy as np
+    from PIL import Image
+
+    from factory.data.cityscapes import list_cityscapes
+
+    ref = list_cityscapes(cs_root, "train").refs[1]
+    labels = np.array(Image.open(ref.paths["labelids"]))
+    labels[:4, :4] = 250
+    broken = tmp_path / "broken_labelIds.png"
+    Image.fromarray(labels).save(broken)
+    return shard_with_bad_label(cs_root, tmp_path / "bad_labels" / "shard-000000.tar", broken)
+
+
+@pytest.fixture
+def write_bad_label_shard(cs_root: Path):
+    """``shard_with_bad_label`` for the tests' own bad label files: ``f(shard, bad_labelids)``."""
+    return lambda shard, bad_labelids: shard_with_bad_label(cs_root, shard, bad_labelids)
 
 
 @pytest.fixture(scope="session", autouse=True)

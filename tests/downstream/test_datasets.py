@@ -323,17 +323,11 @@ def test_consumed_ratio_matches_request(city_env, ref_shards, tmp_path, ratio):
     assert rep["abs_error"] < 0.02, rep
 
 
-def test_a_training_sample_whose_label_is_a_decompression_bomb_is_skipped(cs_root, tmp_path):
+def test_a_training_sample_whose_label_is_a_decompression_bomb_is_skipped(write_bad_label_shard, tmp_path):
     """A label PNG whose header claims 40000x40000 pixels is a bad sample (skipped and named),
     not a DecompressionBombError that ends the run."""
     import struct
     import zlib
-
-    import numpy as np
-    from PIL import Image
-
-    from factory.data.cityscapes import list_cityscapes
-    from factory.shards import ShardWriter, label_files
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -341,20 +335,11 @@ def test_a_training_sample_whose_label_is_a_decompression_bomb_is_skipped(cs_roo
     bomb = tmp_path / "bomb_labelIds.png"
     ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-    refs = list_cityscapes(cs_root, "train").refs[:2]
-    shard = tmp_path / "bomb" / "shard-000000.tar"
-    w = ShardWriter(shard)
-    for ref in refs:
-        files = label_files(ref)
-        if ref is refs[1]:
-            files["labelids.png"] = bomb
-        image = np.asarray(Image.open(ref.paths["image"]).convert("RGB"))
-        w.add(f"{ref.key}__fog", image, files, {"source_key": ref.key, "variant": "fog"})
-    w.close()
+    shard, good, bad = write_bad_label_shard(tmp_path / "bomb" / "shard-000000.tar", bomb)
     ds = _build(dict(type="LumenShardDataset", shards=str(shard), pipeline=PACK))
     keys = [ds.get_data_info(i)["key"] for i in range(len(ds))]
-    meta = ds[keys.index(f"{refs[1].key}__fog")]["data_samples"].metainfo
-    assert meta["key"] == f"{refs[0].key}__fog"
+    meta = ds[keys.index(bad)]["data_samples"].metainfo
+    assert meta["key"] == good
     assert "too large" in meta["skipped_samples"][0]["reason"]
 
 
