@@ -17,7 +17,6 @@ offline, and a stand-in would not be TIFA). Two measures of the same question in
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -33,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from factory.cli import STARTS_OVER, run_cli
-from factory.config import check, load_config
+from factory.config import check
 from factory.data.procedural import ALL_WEATHERS
 
 WEATHERS: tuple[str, ...] = ALL_WEATHERS  # class index -> weather name
@@ -268,20 +267,15 @@ class WeatherJudge:
 
 def main(argv: list[str] | None = None) -> int:
     """Train the offline weather judge and save it (used by make demo's judge stage)."""
-    ap = argparse.ArgumentParser(
+    from factory.eval.instrument import train_judge_cli
+
+    return train_judge_cli(
+        argv,
         prog="python -m factory.eval.controllability",
         description="Train the offline weather judge (clear/fog/night/rain/snow on rendered scenes) in memory; writes OUT.safetensors + OUT.json.",
+        judge_cls=WeatherJudge,
+        config_cls=WeatherJudgeConfig,
     )
-    ap.add_argument("--out", type=Path, required=True, help="output path without suffix")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument(
-        "overrides", nargs="*", help="WeatherJudgeConfig key=value, e.g. steps=300 height=64 width=128"
-    )
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    judge = WeatherJudge.train_procedural(load_config(WeatherJudgeConfig, None, args.overrides))
-    print(json.dumps({"out": str(judge.save(args.out)), **judge.meta}))
-    return 0
 
 
 __all__ = [

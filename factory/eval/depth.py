@@ -30,8 +30,6 @@ Instruments (``DepthEstimator``: uint8 images -> depth):
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +43,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from factory.cli import STARTS_OVER, run_cli
-from factory.config import check, load_config
+from factory.config import check
 
 SI_CONVENTION = (
     "SILog = 100 * sqrt(mean(d^2) - mean(d)^2), d = log pred - log gt (Eigen 2014, KITTI), per image"
@@ -292,20 +290,15 @@ class DepthJudge:
 
 def main(argv: list[str] | None = None) -> int:
     """Train the offline depth judge and save it (used by make demo's judge stage)."""
-    ap = argparse.ArgumentParser(
+    from factory.eval.instrument import train_judge_cli
+
+    return train_judge_cli(
+        argv,
         prog="python -m factory.eval.depth",
         description="Train the offline depth judge (log depth from the rendered scenes' disparity) in memory; writes OUT.safetensors + OUT.json.",
+        judge_cls=DepthJudge,
+        config_cls=DepthJudgeConfig,
     )
-    ap.add_argument("--out", type=Path, required=True, help="output path without suffix")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument(
-        "overrides", nargs="*", help="DepthJudgeConfig key=value, e.g. steps=300 height=64 width=128"
-    )
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    judge = DepthJudge.train_procedural(load_config(DepthJudgeConfig, None, args.overrides))
-    print(json.dumps({"out": str(judge.save(args.out)), **judge.meta}))
-    return 0
 
 
 __all__ = [

@@ -64,4 +64,26 @@ def exists(path: str | Path) -> bool:
     return all(p.is_file() for p in instrument_files(path))
 
 
-__all__ = ["exists", "instrument_files", "load_instrument", "one_cycle", "save_instrument"]
+def train_judge_cli(
+    argv: list[str] | None, *, prog: str, description: str, judge_cls: Any, config_cls: Any
+) -> int:
+    """The train-and-save command every offline judge has: ``--out``, ``--threads`` and
+    ``key=value`` overrides of its config; prints the saved path and the training meta."""
+    import argparse
+
+    from factory.config import load_config
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "overrides", nargs="*", help=f"{config_cls.__name__} key=value, e.g. steps=300 height=64 width=128"
+    )
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    judge = judge_cls.train_procedural(load_config(config_cls, None, args.overrides))
+    print(json.dumps({"out": str(judge.save(args.out)), **judge.meta}))
+    return 0
+
+
+__all__ = ["exists", "instrument_files", "load_instrument", "one_cycle", "save_instrument", "train_judge_cli"]
