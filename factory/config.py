@@ -236,11 +236,73 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def _is_path_type(tp: Any) -> bool:
+    """``Path``, ``Path | None`` or ``Optional[Path]``."""
+    if tp is Path:
+        return True
+    if get_origin(tp) in (Union, types.UnionType):
+        return Path in get_args(tp)
+    return False
+
+
+def path_fields(cfg: Any, prefix: str = "") -> list[tuple[str, Path]]:
+    """Every set ``Path`` field of a (nested) dataclass config as (dotted name, value).
+
+    One walk for the checks that are about paths rather than values: where a job runs from a
+    copy of the working dir (``factory.jobs.workdir``), or a recipe that must stay valid from any
+    current directory (``absolute_paths``).
+    """
+    found: list[tuple[str, Path]] = []
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return found
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = f"{prefix}{f.name}"
+        if isinstance(value, Path) and _is_path_type(hints.get(f.name)):
+            found.append((name, value))
+        elif dataclasses.is_dataclass(value):
+            found.extend(path_fields(value, f"{name}."))
+    return found
+
+
+def absolute_paths(cfg: T) -> T:
+    """``cfg`` with every relative ``Path`` field, and every ``str`` field naming an existing
+    relative folder (a local model reference), made absolute.
+
+    Why: what a trainer records (a ControlNet's recipe: base model, PCA, layout store) is read
+    later from another current directory - a Ray job runs in an uploaded copy of the working dir
+    without the git-ignored outputs/ - so a recorded relative path would point nowhere. A model
+    reference that is not a local folder (``tiny``, a hub id) is kept as it is.
+    """
+    changes: dict[str, Any] = {}
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        if isinstance(value, Path) and _is_path_type(hints.get(f.name)) and not value.is_absolute():
+            changes[f.name] = value.resolve()
+        elif isinstance(value, str) and value and not Path(value).is_absolute() and Path(value).is_dir():
+            changes[f.name] = str(Path(value).resolve())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[f.name] = absolute_paths(cast("DataclassInstance", value))
+    return dataclasses.replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]
+
+
 def check(condition: bool, field: str, message: str) -> None:
     """Range check for use in ``__post_init__``: raises ConfigError naming the field."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
 
 
-__all__ = ["ConfigError", "check", "config_choices", "from_dict", "load_config", "set_by_path", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "absolute_paths",
+    "check",
+    "config_choices",
+    "from_dict",
+    "load_config",
+    "path_fields",
+    "set_by_path",
+    "to_dict",
+]
 _ = typing  # typing kept imported for forward-ref evaluation in get_type_hints

@@ -263,11 +263,14 @@ class ExtractSummary:
 
 @shutdown_ray_we_started()
 def run(cfg: ExtractConfig) -> ExtractSummary:
+    from factory.jobs.workdir import check_uploaded_paths
     from factory.layout.neural import check_layout_artifacts
 
     t0 = time.perf_counter()
     if not cfg.progress:
         os.environ["TQDM_DISABLE"] = "1"
+    # under `ray job submit --working-dir`, a relative path points into Ray's temporary copy
+    check_uploaded_paths(cfg, folders=("layout.model",))
     out = cfg.out.resolve()
     cfg = dataclasses.replace(cfg, out=out)
     # 0. What the config names exists (before Ray); one job per output folder.

@@ -376,6 +376,11 @@ def _is_pathlike(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or Path(ref).expanduser().exists() or not _HUB_ID_RE.match(ref)
 
 
+def is_local_ref(ref: str) -> bool:
+    """A model reference that names a local folder (not ``tiny``/``sd15-arch``, not a hub id)."""
+    return ref not in BUILTIN_REFS and _is_pathlike(ref)
+
+
 def _local_folder(ref: str) -> Path:
     """The diffusers folder a path-like reference names, or a ModelError saying what is wrong."""
     folder = Path(ref).expanduser()

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from factory.atomic import fsync_dir
 from factory.cli import config_help, run_cli
-from factory.config import ConfigError, check, from_dict, load_config, to_dict
+from factory.config import ConfigError, absolute_paths, check, from_dict, load_config, to_dict
 from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.sample import DataError, Sample, SampleRef
 from factory.train.recipe import RESULT_FILE, pca_file_hash
@@ -402,6 +402,8 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
     from factory.models import new_controlnet
 
     t_start = time.perf_counter()
+    # the recipe this run records (base model, PCA, layout store) must hold from any directory
+    cfg = absolute_paths(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)

@@ -42,6 +42,7 @@ from factory.jobs.identity import content_identity, dataset_identity
 from factory.jobs.lock import OutputLock
 from factory.jobs.plan import list_references, make_tasks, prepare_output
 from factory.jobs.stage import ShardTask
+from factory.jobs.workdir import check_uploaded_paths
 from factory.shards import Manifest
 from factory.synth.variants import Variant
 
@@ -71,6 +72,10 @@ def run(cfg: GenerateConfig) -> JobSummary:
     t0 = time.perf_counter()
     if not cfg.progress:
         os.environ["TQDM_DISABLE"] = "1"
+    # under `ray job submit --working-dir`, a relative path points into Ray's temporary copy
+    check_uploaded_paths(
+        cfg, folders=("synth.controlnet", "synth.base_model", "synth.condition.layout.model")
+    )
     out = cfg.out.resolve()
     cfg = dataclasses.replace(cfg, out=out)
     # 1. Validate what the config names before any work starts (and before Ray).
