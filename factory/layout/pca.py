@@ -31,9 +31,11 @@ from factory.atomic import atomic_write_bytes, atomic_write_text
 from factory.layout.backbones import LayoutError
 
 FORMAT_VERSION = 1
-# Signature fields that must match between the backbone a PCA was fitted on and the one applying it.
-# ``model_ref`` is informational (a folder may move); the content hash identifies the weights.
-_MATCH_EXCLUDE = {"model_ref"}
+# Signature fields that must match between the backbone a PCA was fitted on and the one applying it
+# (and between a layout store and its reader, factory.layout.store). ``model_ref`` is
+# informational (a folder may move, a relative path become absolute); the content hash identifies
+# the weights.
+INFORMATIONAL_FIELDS = frozenset({"model_ref"})
 
 
 def stable_hash(*parts: Any) -> int:
@@ -332,7 +334,7 @@ class PCAArtifact:
         diffs = [
             f"{k}: fitted {fitted.get(k)!r}, now {signature.get(k)!r}"
             for k in sorted(set(fitted) | set(signature))
-            if k not in _MATCH_EXCLUDE and fitted.get(k) != signature.get(k)
+            if k not in INFORMATIONAL_FIELDS and fitted.get(k) != signature.get(k)
         ]
         if diffs:
             raise LayoutError(

@@ -74,10 +74,16 @@ class LayoutStore:
         """Refuse a store made with another layout recipe (model, PCA, resolution)."""
         if self._signature is None:
             return
+        from factory.layout.pca import INFORMATIONAL_FIELDS
+
         stored = json.loads(json.dumps(self._signature, default=str))
         wanted = json.loads(json.dumps(expected, default=str))
-        if stored != wanted:
-            diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        diff = sorted(
+            k
+            for k in set(stored) | set(wanted)
+            if k not in INFORMATIONAL_FIELDS and stored.get(k) != wanted.get(k)
+        )
+        if diff:
             raise LayoutStoreError(
                 f"{where}: the layouts in {self.folder} were computed with another recipe ({', '.join(diff)} "
                 "differ); fix: point at the extraction made with this model and PCA, or rerun it"
