@@ -91,6 +91,25 @@ def summarise(
     return out
 
 
+def format_cell(cell: dict[str, float], digits: int = 1, width: int = 14) -> str:
+    """``mean +- std`` over seeds, right-aligned in ``width``; a single seed shows the mean only
+    (its spread is unknown: ``+- 0.0`` would read as "no spread"; see ``single_seed_note``)."""
+    text = f"{cell['mean']:.{digits}f}"
+    if cell.get("n", 2) >= 2:
+        text += f" +- {cell['std']:.{digits}f}"
+    return f"{text:>{width}}"
+
+
+def single_seed_note(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """The table footer for mixes run with one seed (no spread shown), or nothing."""
+    one = [mix for mix, cols in summary.items() if any(c.get("n", 2) < 2 for c in cols.values())]
+    return (
+        [f"(one seed: {', '.join(one)}; no spread shown - run more seeds to tell an effect from noise)"]
+        if one
+        else []
+    )
+
+
 def error_bars(cells: list[dict[str, float]]) -> list[float] | None:
     """Sample standard deviations for a bar plot's ``yerr``, or None (no bars) when a cell has a
     single seed: a zero-length bar would read as "no spread" where the spread is unknown."""

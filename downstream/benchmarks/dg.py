@@ -27,12 +27,14 @@ from downstream.benchmarks.common import (
     error_bars,
     files_identity,
     finished_scores,
+    format_cell,
     has_checkpoint,
     recipe_digest,
     record_scores,
     run_dir,
     save_result,
     seeds_note,
+    single_seed_note,
     summarise,
 )
 from downstream.segformer.shards import expand_shards
@@ -97,9 +99,9 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     width = max([len("Training data")] + [len(m) for m in summary]) + 2
     lines = ["Training data".ljust(width) + "".join(f"{c:>14}" for c in COLUMNS)]
     for mix, cols in summary.items():
-        cells = "".join(f"{cols[c]['mean']:>8.1f} +-{cols[c]['std']:>4.1f}" for c in COLUMNS)
+        cells = "".join(format_cell(cols[c], 1, 14) for c in COLUMNS)
         lines.append(mix.ljust(width) + cells)
-    return "\n".join(lines)
+    return "\n".join(lines + single_seed_note(summary))
 
 
 def plot(summary: dict[str, dict[str, dict[str, float]]], path: str | Path) -> None:
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--pca-meta", default=None, help="JSON sidecar of the layout PCA; its fitted keys are checked"
     )
-    p.add_argument("--out", type=Path, default=Path("outputs/dg"))
+    p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/dg"))
     a = p.parse_args(argv)
 
     from mmengine.config import Config

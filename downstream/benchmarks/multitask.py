@@ -25,12 +25,14 @@ from downstream.benchmarks.common import (
     error_bars,
     files_identity,
     finished_scores,
+    format_cell,
     has_checkpoint,
     recipe_digest,
     record_scores,
     run_dir,
     save_result,
     seeds_note,
+    single_seed_note,
     summarise,
 )
 from factory.cli import run_cli
@@ -59,8 +61,9 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]], ceiling: float
         cells = ""
         for c in COLUMNS:
             digits = 3 if c in LOWER_IS_BETTER else 1
-            cells += f"{cols[c]['mean']:>9.{digits}f} +-{cols[c]['std']:>5.{digits}f}"
+            cells += format_cell(cols[c], digits, 16)
         lines.append(mix.ljust(width) + cells)
+    lines += single_seed_note(summary)
     if ceiling is not None:
         lines.append(f"(mDS of the ground truth scored as its own prediction: {ceiling:.1f})")
     return "\n".join(lines)
@@ -104,8 +107,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "overrides", nargs="*", help="config overrides for every run, e.g. iters=500 real.root=..."
     )
-    p.add_argument("--out", type=Path, default=Path("outputs/multitask"))
-    a = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/multitask"))
+    # key=value overrides may follow --seeds/--mixes (whose nargs would otherwise swallow them)
+    args = list(sys.argv[1:] if argv is None else argv)
+    trailing = [x for x in args if "=" in x and not x.startswith("-")]
+    a = p.parse_args([x for x in args if x not in trailing])
+    a.overrides = [*a.overrides, *trailing]
 
     from downstream.multitask.data import list_refs
     from downstream.multitask.evaluate import gt_ceiling

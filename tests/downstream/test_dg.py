@@ -85,6 +85,16 @@ def test_summary_and_table():
     table = dg.format_table(s)
     assert table.splitlines()[0].split()[-6:] == list(dg.COLUMNS)
     assert "51.0 +- 1.4" in table
+    assert "one seed" not in table
+
+
+def test_table_shows_no_spread_for_one_seed():
+    """One seed has no spread to show: the cell is the mean alone and a footer says so."""
+    s = dg.summarise({"real": [dict(CS=50, Rain=30, Fog=20, Snow=25, Night=10, Avg=21.25)]})
+    table = dg.format_table(s)
+    row = table.splitlines()[1]
+    assert "+-" not in row and row.split()[1:] == ["50.0", "30.0", "20.0", "25.0", "10.0", "21.2"]
+    assert "one seed: real" in table.splitlines()[-1]
 
 
 @pytest.mark.slow
