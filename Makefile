@@ -10,7 +10,8 @@ WHEELHOUSE ?= $(HOME)/.cache/lumen-factory/wheels
 CONSTRAINTS := $(VENV)/constraints.txt
 OUT ?= outputs
 
-.PHONY: help setup test test-fast lint typecheck format demo city contact-sheet train-segformer train-multitask bench \
+.PHONY: help setup test test-fast lint typecheck format demo city layouts contact-sheet controlnet judges compare \
+        generate dg multitask-bench train-segformer train-multitask bench \
         cluster-up cluster-down cluster-submit clean
 
 help:  ## list targets
@@ -66,8 +67,45 @@ foundation:  ## retrain the shipped foundation model (models/$(FOUNDATION); ~60 
 	$(PY) -m factory.train.ship $(OUT)/foundation/$(FOUNDATION) models/$(FOUNDATION) \
 		--command "make foundation" --commit "$$(git rev-parse --short HEAD)"
 
-city:  ## write the procedural city (Cityscapes + ACDC layouts) under data/
-	$(PY) -m factory.data.procedural --out data/procedural --height 128 --width 256
+# ---- the procedural chain, stage by stage (README "Commands, stage by stage") -------------------
+# Each target runs one public command with its shipped config; its outputs (outputs/<stage>/...)
+# are the next target's inputs, in this order:
+#   make city layouts contact-sheet controlnet judges compare generate train-segformer train-multitask dg
+# ARGS: more flags / key=value overrides for the command, e.g. make controlnet ARGS='steps=50'.
+# tests/test_chain.py runs the README's commands in this order and checks these targets run them.
+ARGS ?=
+CONDITION ?= layout
+COMPARE ?= layout canny
+LUMEN_SHARDS := outputs/generate/procedural/shards
+
+city:  ## 1. the procedural city (Cityscapes + ACDC layouts, 64x128) -> data/procedural
+	$(PY) -m factory.data.procedural --out data/procedural $(ARGS)
+
+layouts:  ## 2. neural layouts with the shipped foundation model: PCA + stored layouts -> outputs/layouts/procedural
+	$(PY) -m factory.jobs.extract_layouts --config configs/extract/procedural.yaml $(ARGS)
+
+contact-sheet:  ## 3. picture: image, neural layout, Canny, semseg per row -> outputs/contact_sheet/layouts.png
+	$(PY) -m factory.layout.contact_sheet --city data/procedural --model models/procedural-base-v1 --pca outputs/layouts/procedural/pca --out outputs/contact_sheet/layouts.png $(ARGS)
+
+controlnet:  ## 4. a ControlNet: CONDITION=layout (LUMEN, label-free; default), canny, semseg or disparity
+	$(PY) -m factory.train.controlnet --config configs/train/procedural_controlnet_$(CONDITION).yaml $(ARGS)
+
+judges:  ## 5. the offline judges of the comparison (segmenter, depth, weather) -> outputs/judges/
+	$(PY) -m factory.quality.segmenter --out outputs/judges/segmenter $(ARGS)
+	$(PY) -m factory.eval.depth --out outputs/judges/depth $(ARGS)
+	$(PY) -m factory.eval.controllability --out outputs/judges/weather $(ARGS)
+
+compare:  ## 6. Table 2 over the ControlNets named in COMPARE (default: layout canny) -> outputs/compare
+	$(PY) -m factory.eval.compare $(foreach c,$(COMPARE),--controlnet $(c)=outputs/controlnet/procedural_$(c)) --data data/procedural/cityscapes --out outputs/compare $(ARGS)
+
+generate:  ## 7. weather variants with the LUMEN ControlNet (Ray job) -> outputs/generate/procedural
+	$(PY) -m factory.jobs.generate --config configs/generate/procedural.yaml $(ARGS)
+
+dg:  ## 10. the domain-generalisation benchmark (real vs real + LUMEN, clear -> ACDC) -> outputs/benchmarks/dg
+	$(PY) -m downstream.benchmarks.dg --lumen '$(LUMEN_SHARDS)/*.tar' $(ARGS)
+
+multitask-bench:  ## 11. the multi-task benchmark (real / LUMEN / real + LUMEN) -> outputs/benchmarks/multitask
+	$(PY) -m downstream.benchmarks.multitask --lumen $(LUMEN_SHARDS) $(ARGS)
 
 demo:  ## the whole paper in miniature, offline, on a CPU
 	$(PY) -m demo --out $(OUT)/demo
@@ -106,13 +144,21 @@ cluster-up:  ## start a local Ray head on 127.0.0.1 (token auth) for `make clust
 		--node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --port=$(RAY_PORT) \
 		--dashboard-port=$(RAY_DASHBOARD_PORT) --num-cpus=$(RAY_NUM_CPUS) --include-dashboard=true \
 		--disable-usage-stats $(RAY_START_ARGS)
+	@# what a shell needs to submit to this head (README "ray job submit" recipe): `source` it
+	@printf '%s\n' '# written by make cluster-up: `source` this file, then `ray job submit ...`' \
+		'export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$(RAY_DASHBOARD_PORT)' \
+		'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(abspath $(CLUSTER_DIR))/auth_token' \
+		'export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0' \
+		'export PATH=$(abspath $(VENV))/bin:$$PATH' > $(CLUSTER_DIR)/env.sh
+	@echo "cluster up: source $(CLUSTER_DIR)/env.sh, then ray job submit (README), make cluster-down to stop"
 
-cluster-submit:  ## submit the procedural-city generation job to the local cluster (ray job submit)
+cluster-submit:  ## submit the generation job (make generate's, with the ControlNet of make controlnet) to the local cluster
 	test -d data/procedural/cityscapes || $(MAKE) city
 	$(RAY_ENV) $(VENV)/bin/ray job submit --address=http://127.0.0.1:$(RAY_DASHBOARD_PORT) \
 		--working-dir . --runtime-env cluster/runtime_env.yaml -- \
 		python -m factory.jobs.generate --config $(GENERATE_CONFIG) \
-		out=$(abspath $(OUT))/generate/procedural dataset.root=$(abspath data/procedural/cityscapes)
+		out=$(abspath $(OUT))/generate/procedural dataset.root=$(abspath data/procedural/cityscapes) \
+		synth.controlnet=$(abspath outputs/controlnet/procedural_layout) $(ARGS)
 
 cluster-down:  ## stop the Ray head cluster-up started (and only it)
 	$(PY) cluster/local_head.py down $(CLUSTER_DIR)
@@ -122,15 +168,16 @@ clean:  ## remove generated outputs (keeps .venv)
 
 # Downstream SegFormer (mmsegmentation). CONFIG: an mmseg config; SYNTH: a shard glob mixed into
 # training so that a fraction RATIO of the samples comes from it. GPU when visible, else CPU.
+# 8. `make train-segformer SYNTH='outputs/generate/procedural/shards/*.tar'` is the chain's step.
 train-segformer: CONFIG ?= configs/downstream/segformer_tiny_procedural-64x128.py
 train-segformer: RATIO ?= 0.5
-train-segformer:  ## train SegFormer: CONFIG=<mmseg config> [SYNTH='<shard glob>' RATIO=0.5] [TRAIN_ARGS=...]
-	$(PY) -m downstream.segformer.train $(CONFIG) $(if $(SYNTH),--synth '$(SYNTH)' --ratio $(RATIO)) $(TRAIN_ARGS)
+train-segformer:  ## 8. SegFormer: CONFIG=<mmseg config> [SYNTH='<shard glob>' RATIO=0.5] [TRAIN_ARGS=...]
+	$(PY) -m downstream.segformer.train $(CONFIG) $(if $(SYNTH),--synth '$(SYNTH)' --ratio $(RATIO)) $(TRAIN_ARGS) $(ARGS)
 
 # Multi-task network (semantics + depth + 3D vehicle boxes, one MiT encoder). CONFIG: a YAML of
 # downstream.multitask.train; SYNTH: a folder of variant shards (they carry the references'
 # disparity, camera and gtBbox3d) mixed in at the config's ratio. Evaluates on the config's val.
 comma := ,
 train-multitask: CONFIG ?= configs/downstream/multitask_procedural.yaml
-train-multitask:  ## multi-task net: CONFIG=<yaml> [SYNTH=<shard folder>] [TRAIN_ARGS='--resume iters=500']
-	$(PY) -m downstream.multitask.train --config $(CONFIG) $(if $(SYNTH),'synth={kind: shards$(comma) root: $(SYNTH)}') $(TRAIN_ARGS)
+train-multitask:  ## 9. multi-task net: CONFIG=<yaml> [SYNTH=<shard folder>] [TRAIN_ARGS='--resume iters=500']
+	$(PY) -m downstream.multitask.train --config $(CONFIG) $(if $(SYNTH),'synth={kind: shards$(comma) root: $(SYNTH)}') $(TRAIN_ARGS) $(ARGS)

@@ -1,7 +1,7 @@
 """Train the multi-task network (semantics + depth + 3D vehicle boxes) on real and/or synthetic data.
 
     python -m downstream.multitask.train --config configs/downstream/multitask_procedural.yaml \
-        'synth={kind: shards, root: outputs/demo/generate/shards}' out=work_dirs/multitask/real+lumen
+        'synth={kind: shards, root: outputs/generate/procedural/shards}' out=outputs/multitask/real+lumen
 
 The synthetic shards carry each reference's own disparity, camera and gtBbox3d bytes, so the
 same losses train on them as on the real folders. With both ``real`` and ``synth`` given, draw
@@ -92,7 +92,7 @@ class MultitaskConfig:
     flip: float = 0.5  # probability of mirroring a training sample left-right (inputs and targets)
     checkpoint_every: int = 100
     eval: EvalConfig = field(default_factory=EvalConfig)
-    out: str = "work_dirs/multitask"
+    out: str = "outputs/multitask"
 
     def __post_init__(self) -> None:
         check(

@@ -159,7 +159,7 @@ def build_config(
         cfg.randomness = dict(seed=seed)
     if not validate:
         cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.work_dir = str(work_dir or Path("work_dirs") / (config.stem + ("_synth" if synth else "")))
+    cfg.work_dir = str(work_dir or Path("outputs/segformer") / (config.stem + ("_synth" if synth else "")))
     check_config(cfg, str(config))
     return cfg
 
@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> Any:
         help="ignore the --synth pixels where the factory's judge disagreed with the reused label "
         "(<key>.agree.png; shards generated with quality.segmenter)",
     )
-    p.add_argument("--work-dir", default=None, help="logs and checkpoints (default work_dirs/<config>)")
+    p.add_argument(
+        "--work-dir", default=None, help="logs and checkpoints (default outputs/segformer/<config>[_synth])"
+    )
     p.add_argument("--max-iters", type=int, default=None, help="override the schedule length")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-validate", action="store_true", help="skip the validation loop")

@@ -32,7 +32,7 @@ class DatasetConfig:
     """
 
     kind: Literal["cityscapes", "acdc", "shards"] = "cityscapes"
-    root: Path = Path("data/city/cityscapes")
+    root: Path = Path("data/procedural/cityscapes")  # make city
     split: str = "train"
     weathers: list[str] = field(default_factory=lambda: list(WEATHERS))
     cities: list[str] = field(default_factory=list)

@@ -16,7 +16,7 @@ shift is large enough that a segmenter trained on clear scenes degrades on these
 
 Usage::
 
-    python -m factory.data.procedural --out data/city --n-train 200 --n-val 50 --n-acdc 25
+    python -m factory.data.procedural --out data/procedural --n-train 200 --n-val 50 --n-acdc 25   (make city)
 """
 
 from __future__ import annotations
