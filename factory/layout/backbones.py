@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from factory.models import SDComponents, compile_for_inference, content_hash, encode_prompts, resolve_device
 
 if TYPE_CHECKING:
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
 
 class LayoutError(ValueError):
@@ -167,6 +167,41 @@ def unet_decoder_states(
     return [out[q] for q in positions]
 
 
+class LatentEncoder:
+    """Images in [-1, 1] -> the clean latent z0 = VAE posterior mean (minus shift) x scaling factor.
+
+    The one home of this step: ``SDUNetBackbone`` noises z0 for the U-Net, ``VAELatentBackbone``
+    takes z0 itself as the features. ``AutoencoderKL.encode(x).latent_dist.mean`` is spelt out
+    so the encoder can be compiled (``compile``): the posterior's moments are (mean, logvar)
+    stacked on the channel axis. ``channels_last`` converts the encoder's weights to NHWC (their
+    values and state dict are untouched) and feeds it NHWC images.
+    """
+
+    def __init__(self, vae: AutoencoderKL, *, compile: bool = False, channels_last: bool = False):
+        if channels_last:
+            # torch's Module.to overloads omit memory_format (accepted at run time)
+            vae.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.vae = vae
+        self.channels_last = bool(channels_last)
+        self._encoder = compile_for_inference(vae.encoder) if compile else vae.encoder
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        x = images.to(device=vae.device, dtype=vae.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        moments = self._encoder(x)
+        quant_conv = getattr(vae, "quant_conv", None)
+        if quant_conv is not None:
+            moments = quant_conv(moments)
+        z = moments.chunk(2, dim=1)[0]
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z - shift
+        return z * vae.config["scaling_factor"]
+
+
 class SDUNetBackbone:
     """Stable Diffusion U-Net decoder features (NEURAL_LAYOUT.md)."""
 
@@ -224,17 +259,15 @@ class SDUNetBackbone:
         # truncated forward (``unet_decoder_states``), which has no hooks or exceptions to break
         # the graph. channels_last changes the weights' memory layout only (values and state
         # dict are untouched): cuDNN's fast bf16 convolutions are NHWC.
+        # (the VAE encoder's compile and NHWC: LatentEncoder)
         if channels_last:
-            # torch's Module.to overloads omit memory_format (accepted at run time)
-            components.vae.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             # diffusers' ModelMixin.to is a functools.wraps of Module.to, which typeshed types as unbound
             unet.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         self.channels_last = bool(channels_last)
         self.compiled = bool(compile)
-        self._vae_encoder = components.vae.encoder
+        self._latents = LatentEncoder(components.vae, compile=compile, channels_last=channels_last)
         self._decoder_states = functools.partial(unet_decoder_states, unet)
         if compile:
-            self._vae_encoder = compile_for_inference(components.vae.encoder)
             self._decoder_states = compile_for_inference(self._decoder_states)
 
     @property
@@ -281,24 +314,9 @@ class SDUNetBackbone:
                 f"divisible by {self.multiple}, e.g. 512x1024 for SD"
             )
 
-    @torch.inference_mode()
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """Clean latent z0 = posterior mean (minus shift) x scaling factor."""
-        vae = self.components.vae
-        x = images.to(device=vae.device, dtype=vae.dtype)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        # AutoencoderKL.encode(x).latent_dist.mean, spelt out so the encoder can be compiled:
-        # the posterior's moments are (mean, logvar) stacked on the channel axis.
-        moments = self._vae_encoder(x)
-        quant_conv = getattr(vae, "quant_conv", None)
-        if quant_conv is not None:
-            moments = quant_conv(moments)
-        z = moments.chunk(2, dim=1)[0]
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift is not None:
-            z = z - shift
-        return z * vae.config["scaling_factor"]
+        """Clean latent z0 = posterior mean (minus shift) x scaling factor (``LatentEncoder``)."""
+        return self._latents(images)
 
     @torch.inference_mode()
     def noisy_latents(self, z0: torch.Tensor) -> torch.Tensor:
