@@ -281,7 +281,7 @@ def run(cfg: ExtractConfig) -> ExtractSummary:
 
 
 def _run_locked(cfg: ExtractConfig, run_id: str, t0: float) -> ExtractSummary:
-    from factory.layout.neural import build_backbone, pca_meta
+    from factory.layout.neural import build_backbone, pca_components, pca_meta
     from factory.layout.pca import fit_pca, pca_files, sample_counts
 
     out = cfg.out
@@ -311,6 +311,12 @@ def _run_locked(cfg: ExtractConfig, run_id: str, t0: float) -> ExtractSummary:
             raise FileNotFoundError(
                 f"layout.pca: {pca_files(pca_path)[0]} does not exist (fix: fit it, or unset)"
             )
+        # The driver loads the backbone once, before any worker samples: for the artifact's
+        # signature, and so that n_components > its channels fails now, not after the sampling.
+        backbone = build_backbone(cfg.layout)
+        n = pca_components(cfg.layout, backbone)
+        meta = pca_meta(backbone, cfg.layout)
+        del backbone
         counts = sample_counts([r.key for r in refs], cfg.layout.pca_samples, cfg.layout.sample_seed)
         vectors: dict[str, Any] = {}
         bad: dict[str, str] = {}
@@ -328,14 +334,9 @@ def _run_locked(cfg: ExtractConfig, run_id: str, t0: float) -> ExtractSummary:
             log.warning("PCA: skipping %s: %s", key, reason)
         import torch
 
-        backbone = build_backbone(cfg.layout)  # for its signature (the driver loads it once)
-        n = min(cfg.layout.n_components, backbone.channels)
-        pca = fit_pca(
-            {k: torch.from_numpy(np.array(v)) for k, v in vectors.items()}, n, pca_meta(backbone, cfg.layout)
-        )
+        pca = fit_pca({k: torch.from_numpy(np.array(v)) for k, v in vectors.items()}, n, meta)
         pca.save(pca_path)
         fitted = True
-        del backbone
 
     # 3. Layout shards (resume: the shards the plan found done are skipped).
     totals: Counter[str] = Counter()

@@ -5,16 +5,32 @@
 ``up_blocks[1].attentions[1]``, ``up_blocks[2].attentions[1]``), taken before the skip
 concatenation, from one U-Net forward at t = 100 on the posterior-mean latent noised with one
 fixed seed-42 Gaussian tensor, with the empty prompt. The forward stops after the last hooked
-module. ``Dinov2Backbone`` gives DINOv2 patch features (the paper's Table 1 alternative).
+module.
 
-Adding a backbone is a new class with ``name``, ``channels``, ``signature()`` and ``__call__``.
+The rest answer the questions the paper's Table 1 and our offline ablation ask of it, each with
+the same PCA and ControlNet after it (``layout.backbone`` picks one):
+
+- ``Dinov2Backbone`` (``dinov2``), ``DinoBackbone`` (``dino``), ``ClipBackbone`` (``clip``):
+  Table 1's other foundation models - patch tokens of one ViT forward laid out on the patch
+  grid (``ViTPatchBackbone``: their one shared home), each model's own input normalisation.
+- ``VAELatentBackbone`` (``vae-latent``): the model's VAE latent alone - is a U-Net needed?
+- ``RandomUNetBackbone`` (``sd-unet-random``): the sd-unet hooks on a U-Net re-initialised
+  from its config with a fixed seed - do pretrained features matter?
+
+``LatentEncoder`` is the image -> posterior-mean latent step that sd-unet, sd-unet-random and
+vae-latent share. Adding a backbone is a new class with ``name``, ``channels``, ``signature()``
+(everything that changes its features: a PCA fitted on one signature is refused for another)
+and ``__call__``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +38,7 @@ import torch.nn.functional as F
 from factory.models import SDComponents, compile_for_inference, content_hash, encode_prompts, resolve_device
 
 if TYPE_CHECKING:
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
 
 class LayoutError(ValueError):
@@ -167,6 +183,41 @@ def unet_decoder_states(
     return [out[q] for q in positions]
 
 
+class LatentEncoder:
+    """Images in [-1, 1] -> the clean latent z0 = VAE posterior mean (minus shift) x scaling factor.
+
+    The one home of this step: ``SDUNetBackbone`` noises z0 for the U-Net, ``VAELatentBackbone``
+    takes z0 itself as the features. ``AutoencoderKL.encode(x).latent_dist.mean`` is spelt out
+    so the encoder can be compiled (``compile``): the posterior's moments are (mean, logvar)
+    stacked on the channel axis. ``channels_last`` converts the encoder's weights to NHWC (their
+    values and state dict are untouched) and feeds it NHWC images.
+    """
+
+    def __init__(self, vae: AutoencoderKL, *, compile: bool = False, channels_last: bool = False):
+        if channels_last:
+            # torch's Module.to overloads omit memory_format (accepted at run time)
+            vae.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.vae = vae
+        self.channels_last = bool(channels_last)
+        self._encoder = compile_for_inference(vae.encoder) if compile else vae.encoder
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        x = images.to(device=vae.device, dtype=vae.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        moments = self._encoder(x)
+        quant_conv = getattr(vae, "quant_conv", None)
+        if quant_conv is not None:
+            moments = quant_conv(moments)
+        z = moments.chunk(2, dim=1)[0]
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z - shift
+        return z * vae.config["scaling_factor"]
+
+
 class SDUNetBackbone:
     """Stable Diffusion U-Net decoder features (NEURAL_LAYOUT.md)."""
 
@@ -224,17 +275,15 @@ class SDUNetBackbone:
         # truncated forward (``unet_decoder_states``), which has no hooks or exceptions to break
         # the graph. channels_last changes the weights' memory layout only (values and state
         # dict are untouched): cuDNN's fast bf16 convolutions are NHWC.
+        # (the VAE encoder's compile and NHWC: LatentEncoder)
         if channels_last:
-            # torch's Module.to overloads omit memory_format (accepted at run time)
-            components.vae.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             # diffusers' ModelMixin.to is a functools.wraps of Module.to, which typeshed types as unbound
             unet.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         self.channels_last = bool(channels_last)
         self.compiled = bool(compile)
-        self._vae_encoder = components.vae.encoder
+        self._latents = LatentEncoder(components.vae, compile=compile, channels_last=channels_last)
         self._decoder_states = functools.partial(unet_decoder_states, unet)
         if compile:
-            self._vae_encoder = compile_for_inference(components.vae.encoder)
             self._decoder_states = compile_for_inference(self._decoder_states)
 
     @property
@@ -281,24 +330,9 @@ class SDUNetBackbone:
                 f"divisible by {self.multiple}, e.g. 512x1024 for SD"
             )
 
-    @torch.inference_mode()
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """Clean latent z0 = posterior mean (minus shift) x scaling factor."""
-        vae = self.components.vae
-        x = images.to(device=vae.device, dtype=vae.dtype)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        # AutoencoderKL.encode(x).latent_dist.mean, spelt out so the encoder can be compiled:
-        # the posterior's moments are (mean, logvar) stacked on the channel axis.
-        moments = self._vae_encoder(x)
-        quant_conv = getattr(vae, "quant_conv", None)
-        if quant_conv is not None:
-            moments = quant_conv(moments)
-        z = moments.chunk(2, dim=1)[0]
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift is not None:
-            z = z - shift
-        return z * vae.config["scaling_factor"]
+        """Clean latent z0 = posterior mean (minus shift) x scaling factor (``LatentEncoder``)."""
+        return self._latents(images)
 
     @torch.inference_mode()
     def noisy_latents(self, z0: torch.Tensor) -> torch.Tensor:
@@ -376,42 +410,204 @@ class SDUNetBackbone:
         return run_fixed_batches(lambda x: self.combine(self.layer_features(x)), images, self.micro_batch)
 
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+def random_unet(unet: UNet2DConditionModel, seed: int) -> UNet2DConditionModel:
+    """A U-Net of ``unet``'s own config with fresh random weights drawn from ``seed``, on the CPU in float32.
+
+    diffusers initialises through torch's default initialisers, so with a forked global RNG the
+    weights depend on the seed and the config alone: not on the device, the dtype ``unet`` was
+    cast to or on what else drew random numbers. The caller moves it. The RNG is seeded with a
+    digest of ("sd-unet-random", seed), not ``seed`` itself: the built-in models draw their own
+    random U-Nets from small integer seeds (``tiny``'s from 1), and the ablation's U-Net must not
+    coincide with the model it is compared with.
+    """
+    from diffusers import UNet2DConditionModel
+
+    digest = hashlib.sha256(f"sd-unet-random|{seed}".encode()).digest()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # < 2**63: any torch seed
+        # from_config returns the class it is called on; diffusers types it as a generic Self
+        fresh = cast("UNet2DConditionModel", UNet2DConditionModel.from_config(unet.config))
+    return fresh.eval()
 
 
-class Dinov2Backbone:
-    """DINOv2 patch-token features (B, hidden, H/patch, W/patch) through transformers' Dinov2Model.
+class RandomUNetBackbone(SDUNetBackbone):
+    """``sd-unet`` with the U-Net re-initialised randomly (seeded) from its own config.
 
-    ``model`` is a local folder written by ``save_pretrained`` or an in-memory ``Dinov2Model``
-    (tests build one from a tiny ``Dinov2Config``). Images are resized to the nearest multiple of
-    the patch size and normalised with ImageNet statistics, as DINOv2 was trained.
+    The offline ablation's "do pretrained features matter?" row: the same decoder positions,
+    timestep, fixed noise and empty prompt through the same architecture, but with weights that
+    learnt nothing. The VAE (and the text encoder for the prompt) stay the model's own, so only
+    the U-Net's training is taken away. ``components`` is not changed: a copy holds the random
+    U-Net (the ControlNet still starts from the pretrained one). The content hash in the
+    signature is that of the random U-Net's weights (before any dtype cast) joined with the
+    model's, and the seed is recorded too, so a PCA fitted here is refused for ``sd-unet`` (and
+    for another seed), and the other way round. Other options: as ``SDUNetBackbone``.
     """
 
-    name = "dinov2"
+    name = "sd-unet-random"
+
+    def __init__(
+        self,
+        components: SDComponents,
+        layers: tuple[int, ...] = (2, 5, 8),
+        *,
+        random_init_seed: int = 0,
+        **options: Any,
+    ):
+        if random_init_seed < 0:
+            raise LayoutError(f"random_init_seed must be >= 0, got {random_init_seed}")
+        pretrained = components.unet
+        fresh = random_unet(pretrained, random_init_seed)
+        digest = hashlib.sha256(
+            f"{components.content_hash}|random_unet={content_hash(fresh, 64)}".encode()
+        ).hexdigest()[:16]
+        # as a Module: typeshed types diffusers' ModelMixin.to (a functools.wraps) as unbound
+        module: torch.nn.Module = fresh
+        module.to(pretrained.device)
+        if fresh.dtype != pretrained.dtype:
+            module.to(pretrained.dtype)
+        self.random_init_seed = int(random_init_seed)
+        super().__init__(dataclasses.replace(components, unet=fresh, content_hash=digest), layers, **options)
+
+    def signature(self) -> dict[str, Any]:
+        return {**super().signature(), "random_init_seed": self.random_init_seed}
+
+
+class VAELatentBackbone:
+    """The VAE's posterior-mean latent z0 as the feature map: (B, latent channels, H/s, W/s).
+
+    The offline ablation's "is a U-Net needed at all?" row: the image compressed by the same
+    model's VAE (``LatentEncoder``: posterior mean x scaling factor, no noise, no U-Net) and fed
+    to the same PCA. SD's VAE has 4 latent channels at stride s = 8 (the ``tiny`` model: 4 at
+    stride 4), so the PCA keeps at most 4 components (``fit_layout_pca`` refuses more).
+    """
+
+    name = "vae-latent"
+
+    def __init__(
+        self,
+        components: SDComponents,
+        *,
+        micro_batch: int = 1,
+        compile: bool = False,
+        channels_last: bool = False,
+    ):
+        if micro_batch < 1:
+            raise LayoutError(f"micro_batch must be >= 1, got {micro_batch}")
+        self.components = components
+        self.micro_batch = int(micro_batch)
+        self.channels = int(components.vae.config["latent_channels"])
+        self.multiple = components.vae_scale_factor
+        self._latents = LatentEncoder(components.vae, compile=compile, channels_last=channels_last)
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.vae.device
+
+    def signature(self) -> dict[str, Any]:
+        return {
+            "backbone": self.name,
+            "model_ref": self.components.ref,
+            "content_hash": self.components.content_hash,
+            "channels": self.channels,
+            "stride": self.multiple,
+        }
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, latent channels, H/stride, W/stride) float32."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise LayoutError(f"images must be (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % self.multiple or w % self.multiple:
+            raise LayoutError(
+                f"image size {h}x{w} is not a multiple of {self.multiple} (the VAE stride of "
+                f"{self.components.ref!r}); fix: set the layout resolution to a size divisible by {self.multiple}"
+            )
+        return run_fixed_batches(lambda x: self._latents(x).float(), images, self.micro_batch)
+
+
+# Normalisation statistics each ViT was trained with (its image processor's image_mean/std).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ViTPatchBackbone:
+    """A ViT's patch tokens as a dense map (B, hidden, H/patch, W/patch) - DINOv2, DINO, CLIP.
+
+    One home for what the paper's Table 1 ViTs share: the image is resized (bilinear) to the
+    nearest multiple of the patch size, mapped from [-1, 1] to [0, 1] and normalised with the
+    statistics the model was trained with (``mean``, ``std``); one forward; the CLS token is
+    dropped and the patch tokens are laid out on their grid, row-major as the patch embedding
+    emits them. A subclass names its transformers class (``load``), its statistics, how the
+    forward is called (``patch_tokens``) and, for messages, where to get its weights.
+
+    ``model`` is a local folder (``save_pretrained`` or a downloaded hub checkpoint) or an
+    in-memory model (tests build one from a config). ``content_hash`` identifies the weights.
+    """
+
+    name: str
+    label: str  # in messages, e.g. "DINOv2"
+    model_class: str  # the transformers class that loads the folder, for messages
+    model_types: tuple[str, ...]  # the config.json model_type values ``load`` accepts
+    hub_example: str  # a hub checkpoint of this kind: where to get the weights
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __init__(
         self, model: Any, *, device: str | torch.device = "cpu", ref: str | None = None, micro_batch: int = 1
     ):
-        from transformers import Dinov2Model
-
         if micro_batch < 1:
             raise LayoutError(f"micro_batch must be >= 1, got {micro_batch}")
         self.micro_batch = int(micro_batch)
         if isinstance(model, str | Path):
-            path = Path(model)
-            if not (path / "config.json").is_file():
-                raise LayoutError(
-                    f"{path}: no DINOv2 model here (config.json missing); fix: pass a folder written by "
-                    "Dinov2Model.save_pretrained (e.g. a downloaded facebook/dinov2-base)"
-                )
+            path = self.check_folder(model)
             ref = ref or str(path)
-            model = Dinov2Model.from_pretrained(path)
+            model = self.load(path)
         self.model = model.to(resolve_device(device)).eval()
         self.ref = ref or "in-memory"
         self.patch = int(self.model.config.patch_size)
         self.channels = int(self.model.config.hidden_size)
         self.content_hash = content_hash(self.model)
+
+    @classmethod
+    def check_folder(cls, path: str | Path | None, field: str | None = None) -> Path:
+        """``path`` if it holds a ``config.json`` of this model kind (nothing else is read).
+
+        Otherwise a LayoutError naming the config ``field`` (when given), the folder and where to
+        get the weights - the driver calls this before any worker loads the model.
+        """
+        where = f"{field}: {path}" if field else str(path)
+        fix = (
+            f"fix: download {cls.hub_example} where there is network access "
+            f"(`hf download {cls.hub_example} --local-dir {path or '<folder>'}`) or save a "
+            f"{cls.model_class} with save_pretrained, and point {field or 'the backbone'} to that folder"
+        )
+        if path is None:
+            raise LayoutError(f"{field or 'model folder'}: not set; {fix}")
+        config = Path(path) / "config.json"
+        if not config.is_file():
+            raise LayoutError(f"{where}: no {cls.label} model here (config.json missing); {fix}")
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError) as e:
+            raise LayoutError(f"{config}: unreadable model config ({e}); {fix}") from None
+        model_type = data.get("model_type") if isinstance(data, dict) else None
+        if model_type not in cls.model_types:
+            raise LayoutError(
+                f"{where}: config.json describes a {model_type!r} model, not {cls.label} (model_type "
+                f"{' or '.join(repr(t) for t in cls.model_types)}); {fix}"
+            )
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> torch.nn.Module:
+        """The model in folder ``path`` (already checked by ``check_folder``)."""
+        raise NotImplementedError
+
+    def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + gh * gw, hidden) tokens of normalised images at a multiple of the patch size."""
+        return self.model(pixel_values=pixel_values).last_hidden_state
 
     def signature(self) -> dict[str, Any]:
         return {
@@ -427,7 +623,7 @@ class Dinov2Backbone:
         return next(self.model.parameters()).device
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, hidden, H/patch, W/patch) float32."""
+        """(B, 3, H, W) in [-1, 1] -> (B, hidden, ~H/patch, ~W/patch) float32."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise LayoutError(f"images must be (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
         return run_fixed_batches(self._features, images, self.micro_batch)
@@ -441,9 +637,86 @@ class Dinov2Backbone:
             x = F.interpolate(
                 x, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False
             )
-        mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         param = next(self.model.parameters())
         x = ((x - mean) / std).to(device=param.device, dtype=param.dtype)
-        tokens = self.model(pixel_values=x).last_hidden_state[:, 1:, :]  # drop the CLS token
+        tokens = self.patch_tokens(x)[:, 1:, :]  # drop the CLS token
         return tokens.float().transpose(1, 2).reshape(x.shape[0], self.channels, gh, gw)
+
+
+class Dinov2Backbone(ViTPatchBackbone):
+    """DINOv2 patch tokens (the last hidden state, after the final LayerNorm) via ``Dinov2Model``.
+
+    The paper's Table 1 runner-up after SD. DINOv2 interpolates its position embeddings to any
+    grid by itself; ImageNet statistics, as it was trained.
+    """
+
+    name = "dinov2"
+    label = "DINOv2"
+    model_class = "Dinov2Model"
+    model_types = ("dinov2",)
+    hub_example = "facebook/dinov2-base"
+
+    @classmethod
+    def load(cls, path: Path) -> torch.nn.Module:
+        from transformers import Dinov2Model
+
+        return Dinov2Model.from_pretrained(path)
+
+
+class DinoBackbone(ViTPatchBackbone):
+    """The original DINO's patch tokens (last hidden state, after the final LayerNorm) via ``ViTModel``.
+
+    Table 1's DINO row (e.g. facebook/dino-vitb16: 768 channels at stride 16). Its position
+    embeddings are learnt for a 224x224 (14x14) grid, so the forward interpolates them to the
+    image's grid (``interpolate_pos_encoding=True``; bicubic, as DINO's own code does); ImageNet
+    statistics, as DINO was trained. Loaded without the pooler: DINO checkpoints have none that
+    the features use, and a freshly initialised one would change the content hash per load.
+    """
+
+    name = "dino"
+    label = "DINO ViT"
+    model_class = "ViTModel"
+    model_types = ("vit",)
+    hub_example = "facebook/dino-vitb16"
+
+    @classmethod
+    def load(cls, path: Path) -> torch.nn.Module:
+        from transformers import ViTModel
+
+        return ViTModel.from_pretrained(path, add_pooling_layer=False)
+
+    def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state
+
+
+class ClipBackbone(ViTPatchBackbone):
+    """CLIP vision-tower patch tokens via ``CLIPVisionModel``: Table 1's CLIP row.
+
+    The tokens are the encoder's last hidden state (before ``post_layernorm``, which CLIP
+    applies to the pooled CLS token only). CLIP's position embeddings are fixed for its
+    ``image_size`` (224 -> a 14x14 grid for ViT-B/16); the installed transformers'
+    ``CLIPVisionModel`` takes ``interpolate_pos_encoding=True``, so they are interpolated
+    (bicubic) to the image's own grid instead of resizing every image to 224x224, which would
+    give one fixed grid whatever the image's aspect ratio. CLIP's own mean/std. The folder may
+    be a full ``CLIPModel`` checkpoint (openai/clip-vit-base-patch16 is one): transformers loads
+    its vision tower.
+    """
+
+    name = "clip"
+    label = "CLIP"
+    model_class = "CLIPVisionModel"
+    model_types = ("clip", "clip_vision_model")
+    hub_example = "openai/clip-vit-base-patch16"
+    mean = CLIP_MEAN
+    std = CLIP_STD
+
+    @classmethod
+    def load(cls, path: Path) -> torch.nn.Module:
+        from transformers import CLIPVisionModel
+
+        return CLIPVisionModel.from_pretrained(path)
+
+    def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state

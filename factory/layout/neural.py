@@ -22,9 +22,27 @@ from tqdm import tqdm
 
 from factory.config import check
 from factory.data.sample import DataError, Sample
-from factory.layout.backbones import Backbone, Dinov2Backbone, LayoutError, SDUNetBackbone
+from factory.layout.backbones import (
+    Backbone,
+    ClipBackbone,
+    DinoBackbone,
+    Dinov2Backbone,
+    LayoutError,
+    RandomUNetBackbone,
+    SDUNetBackbone,
+    VAELatentBackbone,
+    ViTPatchBackbone,
+)
 from factory.layout.pca import PCAArtifact, draw_vectors, fit_pca, sample_counts
 from factory.models import SDComponents, load_components
+
+# The patch-token backbones by ``layout.backbone``; each reads its model folder from the field of
+# the same name (``vit_folder``).
+VIT_BACKBONES: dict[str, type[ViTPatchBackbone]] = {
+    "dinov2": Dinov2Backbone,
+    "dino": DinoBackbone,
+    "clip": ClipBackbone,
+}
 
 
 @dataclass
@@ -32,8 +50,14 @@ class LayoutConfig:
     """How layouts are computed. Every field that changes the features is in the PCA signature."""
 
     model: str = "tiny"  # model reference (factory.models): tiny, sd15-arch, hub id, local folder
-    backbone: Literal["sd-unet", "dinov2"] = "sd-unet"
+    # sd-unet: the paper's layout (NEURAL_LAYOUT.md); dinov2, dino, clip: Table 1's alternatives
+    # (patch tokens; folder fields below); vae-latent and sd-unet-random: the offline ablation
+    # rows (the model's VAE latent alone; the sd-unet hooks on a randomly re-initialised U-Net)
+    backbone: Literal["sd-unet", "dinov2", "dino", "clip", "vae-latent", "sd-unet-random"] = "sd-unet"
     dinov2: Path | None = None  # local Dinov2Model folder when backbone == "dinov2"
+    dino: Path | None = None  # local DINO ViTModel folder (e.g. facebook/dino-vitb16) when backbone == "dino"
+    clip: Path | None = None  # local CLIP(Vision)Model folder (e.g. openai/clip-vit-base-patch16)
+    random_init_seed: int = 0  # seed of the random U-Net weights when backbone == "sd-unet-random"
     layers: tuple[int, ...] = (2, 5, 8)  # decoder positions: hidden states entering these layers
     timestep: int = 100
     noise_seed: int = 42
@@ -73,11 +97,15 @@ class LayoutConfig:
                 "resolution",
                 f"{self.resolution} must be [height, width] with positive sides",
             )
-        check(
-            self.backbone != "dinov2" or self.dinov2 is not None,
-            "dinov2",
-            "backbone 'dinov2' needs dinov2: <local Dinov2Model folder>",
-        )
+        check(self.random_init_seed >= 0, "random_init_seed", f"{self.random_init_seed} must be >= 0")
+        if self.backbone in VIT_BACKBONES:
+            cls = VIT_BACKBONES[self.backbone]
+            check(
+                vit_folder(self) is not None,
+                self.backbone,
+                f"backbone {self.backbone!r} needs {self.backbone}: <local {cls.model_class} folder> "
+                f"(e.g. `hf download {cls.hub_example} --local-dir <folder>`)",
+            )
 
 
 def check_layout_artifacts(cfg: LayoutConfig, *, need_pca: bool = True) -> None:
@@ -85,12 +113,8 @@ def check_layout_artifacts(cfg: LayoutConfig, *, need_pca: bool = True) -> None:
     artifact loads and validates, the layout store is a folder. Raises with the file named."""
     from factory.models import check_model_ref
 
-    if cfg.backbone == "dinov2":
-        if cfg.dinov2 is None or not (Path(cfg.dinov2) / "config.json").is_file():
-            raise LayoutError(
-                f"layout.dinov2: {cfg.dinov2} is not a Dinov2Model folder (config.json missing); fix: "
-                "save one with Dinov2Model.save_pretrained"
-            )
+    if cfg.backbone in VIT_BACKBONES:
+        VIT_BACKBONES[cfg.backbone].check_folder(vit_folder(cfg), field=f"layout.{cfg.backbone}")
     else:
         check_model_ref(cfg.model)
     if need_pca and cfg.pca is not None:
@@ -102,23 +126,53 @@ def check_layout_artifacts(cfg: LayoutConfig, *, need_pca: bool = True) -> None:
         )
 
 
+def vit_folder(cfg: LayoutConfig) -> Path | None:
+    """The model folder of the configured ViT backbone: the field named like it (None for others)."""
+    return {"dinov2": cfg.dinov2, "dino": cfg.dino, "clip": cfg.clip}.get(cfg.backbone)
+
+
 def build_backbone(cfg: LayoutConfig, components: SDComponents | None = None) -> Backbone:
     """The configured backbone; ``components`` reuses already-loaded SD components."""
-    if cfg.backbone == "dinov2":
-        return Dinov2Backbone(cfg.dinov2, device=cfg.device, micro_batch=cfg.micro_batch)
+    if cfg.backbone in VIT_BACKBONES:
+        cls = VIT_BACKBONES[cfg.backbone]
+        folder = cls.check_folder(vit_folder(cfg), field=f"layout.{cfg.backbone}")
+        return cls(folder, device=cfg.device, micro_batch=cfg.micro_batch)
     if components is None:
         components = load_components(cfg.model, device=cfg.device)
-    return SDUNetBackbone(
-        components,
-        cfg.layers,
-        timestep=cfg.timestep,
-        noise_seed=cfg.noise_seed,
-        prompt=cfg.prompt,
-        early_stop=cfg.early_stop,
-        micro_batch=cfg.micro_batch,
-        compile=cfg.compile,
-        channels_last=cfg.channels_last,
-    )
+    if cfg.backbone == "vae-latent":
+        return VAELatentBackbone(
+            components, micro_batch=cfg.micro_batch, compile=cfg.compile, channels_last=cfg.channels_last
+        )
+    unet_options: dict[str, Any] = {
+        "timestep": cfg.timestep,
+        "noise_seed": cfg.noise_seed,
+        "prompt": cfg.prompt,
+        "early_stop": cfg.early_stop,
+        "micro_batch": cfg.micro_batch,
+        "compile": cfg.compile,
+        "channels_last": cfg.channels_last,
+    }
+    if cfg.backbone == "sd-unet-random":
+        return RandomUNetBackbone(
+            components, cfg.layers, random_init_seed=cfg.random_init_seed, **unet_options
+        )
+    return SDUNetBackbone(components, cfg.layers, **unet_options)
+
+
+def pca_components(cfg: LayoutConfig, backbone: Backbone) -> int:
+    """``cfg.n_components``, checked against the backbone's channels before a PCA is fitted.
+
+    A PCA keeps at most one component per feature channel, and ``vae-latent`` has only the
+    VAE's latent channels (4 for SD). Keeping fewer than configured would silently narrow the
+    ControlNet's conditioning, so more than the channels is an error naming both numbers.
+    """
+    if cfg.n_components > backbone.channels:
+        raise LayoutError(
+            f"layout.n_components {cfg.n_components} exceeds the {backbone.channels} feature channels of "
+            f"the {backbone.name!r} backbone (a PCA keeps at most one component per channel); fix: set "
+            f"layout.n_components <= {backbone.channels}"
+        )
+    return cfg.n_components
 
 
 # --------------------------------------------------------------------------- images
@@ -219,12 +273,12 @@ def pca_meta(backbone: Backbone, cfg: LayoutConfig, **extra: Any) -> dict[str, A
 
 def fit_layout_pca(backbone: Backbone, samples: Sequence[Sample], cfg: LayoutConfig) -> PCAArtifact:
     """Fit the layout PCA in-process on ``samples`` (a training set small enough to iterate here)."""
+    n = pca_components(cfg, backbone)  # before any features are computed
     counts = sample_counts([s.key for s in samples], cfg.pca_samples, cfg.sample_seed)
     vectors: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(samples), cfg.batch_size), desc="PCA features", unit="batch"):
         batch = samples[start : start + cfg.batch_size]
         vectors.update(batch_vectors(backbone, batch, counts, cfg.sample_seed, cfg.resolution))
-    n = min(cfg.n_components, backbone.channels)
     return fit_pca(vectors, n, pca_meta(backbone, cfg))
 
 

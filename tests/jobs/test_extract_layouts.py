@@ -120,3 +120,23 @@ def test_loader_threads_keep_order_sizes_and_bad_samples(city_root, tmp_path):
                 assert s4.image.shape == (32, 64, 3) and np.array_equal(s1.image, s4.image)
                 assert size1 == (64, 128)  # the reference's size, before the resize
     assert sum(s is None for b in four for _, s, _, _ in b) == 1
+
+
+def test_vae_latent_backbone_end_to_end_in_process(city_root, tmp_path):
+    """An ablation backbone through the public job: the tiny VAE's 4 latent channels, PCA to 4."""
+    from factory.layout import LayoutError
+
+    summary = run(make_cfg(city_root, tmp_path / "ok", "executor=in_process", "layout.backbone=vae-latent"))
+    assert summary.fitted and summary.counts == {"ok": 4}
+    sidecar = json.loads((tmp_path / "ok" / "pca.json").read_text())
+    assert sidecar["signature"]["backbone"] == "vae-latent" and sidecar["channels"] == 4
+    got = layouts(tmp_path / "ok")
+    assert len(got) == 4 and all(a.shape == (4, 16, 32) for a in got.values())  # 64x128 / VAE stride 4
+    # more components than latent channels: refused on the driver before any sampling
+    out = tmp_path / "too_many"
+    cfg = make_cfg(
+        city_root, out, "executor=in_process", "layout.backbone=vae-latent", "layout.n_components=8"
+    )
+    with pytest.raises(LayoutError, match="n_components 8 exceeds the 4 feature channels"):
+        run(cfg)
+    assert not (out / "shards").exists() or not any((out / "shards").iterdir())

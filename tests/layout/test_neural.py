@@ -112,7 +112,7 @@ def test_layout_config_validation():
     with pytest.raises(ConfigError, match="dinov2"):
         from_dict(LayoutConfig, {"backbone": "dinov2"})
     with pytest.raises(ConfigError, match="backbone"):
-        from_dict(LayoutConfig, {"backbone": "clip"})
+        from_dict(LayoutConfig, {"backbone": "resnet"})
 
 
 def test_layout_to_rgb(backbone, pca, scenes):
