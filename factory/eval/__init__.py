@@ -11,6 +11,9 @@ instrument trained on rendered procedural scenes):
 - ``controllability``: CLIP score with the prompt, or a weather classifier's accuracy;
 - ``compare``: ``python -m factory.eval.compare`` samples each ControlNet through the
   Synthesizer and prints the five columns.
+- ``sweep``: ``python -m factory.eval.sweep`` trains a ControlNet per layout variant (PCA
+  components, backbone), samples one at several conditioning scales and guidance ends, scores
+  every point with ``compare``'s machinery and draws the alignment-diversity Pareto front.
 
 Submodules are imported by name (``from factory.eval.alignment import alignment``); this package
 imports none of them, so that ``factory.quality.segmenter`` can use ``alignment`` without a cycle.

@@ -247,7 +247,33 @@ def column_labels(real: dict[str, bool]) -> dict[str, str]:
     return {k: (COLUMNS[k][1] if real[k] else COLUMNS[k][0]) for k in COLUMNS}
 
 
+def column_report(inst: Instruments) -> list[dict[str, Any]]:
+    """Each column as the JSON reports record it: key, printed label, direction, instrument."""
+    labels = column_labels(inst.real)
+    return [
+        {
+            "key": k,
+            "label": labels[k],
+            "higher_is_better": COLUMNS[k][2],
+            "instrument": inst.described[k],
+            "real_instrument": inst.real[k],
+        }
+        for k in COLUMNS
+    ]
+
+
 # ------------------------------------------------------------------------------ references
+
+
+def reference_size(cfg: CompareConfig) -> tuple[int, int]:
+    """(H, W) of the first evaluated reference: the size offline judges are trained at."""
+    from PIL import Image
+
+    from factory.data.cityscapes import list_cityscapes
+
+    first = list_cityscapes(cfg.data, cfg.split).refs[0]
+    with Image.open(first.paths["image"]) as im:
+        return (im.height, im.width)
 
 
 @dataclass
@@ -301,12 +327,19 @@ class Generated:
 
 
 def generate(
-    cfg: CompareConfig, folder: Path, refs: References, *, condition_scale: float = 1.0
+    cfg: CompareConfig,
+    folder: Path,
+    refs: References,
+    *,
+    condition_scale: float = 1.0,
+    guidance_end: float = 1.0,
 ) -> Generated:
     """Synthesise one row through the Synthesizer with the ControlNet's recorded recipe.
 
     Seeds depend on (seed, reference, variant, repeat) only, so every row gets the same noise:
-    the rows differ by their conditioning alone.
+    the rows differ by their conditioning alone. ``condition_scale`` and ``guidance_end`` are
+    the Synthesizer's ``controlnet_conditioning_scale`` and ``control_guidance_end`` (the
+    sampling knobs ``factory.eval.sweep`` trades fidelity against diversity with).
     """
     from factory.synth import SynthConfig, Synthesizer, WorkItem
     from factory.synth.seeds import sample_seed
@@ -323,6 +356,7 @@ def generate(
             device=cfg.device,
             batch_size=cfg.batch_size,
             controlnet_conditioning_scale=condition_scale,
+            control_guidance_end=guidance_end,
         ),
         seed=cfg.seed,
     )
@@ -480,16 +514,9 @@ def picture_grid(cfg: CompareConfig, refs: References, gen: Generated, path: Pat
 
 def compare(cfg: CompareConfig) -> dict[str, Any]:
     """Run the comparison (steps 1-5 of the module docstring); returns what compare.json holds."""
-    from PIL import Image
-
-    from factory.data.cityscapes import list_cityscapes
-
     t0 = time.perf_counter()
-    first = list_cityscapes(cfg.data, cfg.split).refs[0]
-    with Image.open(first.paths["image"]) as im:
-        size = (im.height, im.width)
     # 1-2. instruments, references
-    inst = load_instruments(cfg, size)
+    inst = load_instruments(cfg, reference_size(cfg))
     refs = load_references(cfg, inst.features)
     labels = column_labels(inst.real)
     # 3-4. one row per ControlNet (and the two reference rows)
@@ -509,22 +536,13 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             "condition": meta.get("condition", {}).get("kind") if scale > 0 else None,
             "train_steps": meta.get("steps"),
             "scores": score(cfg, inst, refs, gen),
-            "grid": str(picture_grid(cfg, refs, gen, cfg.out / f"grid_{_file_part(name)}.png")),
+            "grid": str(picture_grid(cfg, refs, gen, cfg.out / f"grid_{file_part(name)}.png")),
             "seconds": round(time.perf_counter() - t, 1),
         }
     # 5. outputs
     table = format_table(rows, labels)
     report = {
-        "columns": [
-            {
-                "key": k,
-                "label": labels[k],
-                "higher_is_better": COLUMNS[k][2],
-                "instrument": inst.described[k],
-                "real_instrument": inst.real[k],
-            }
-            for k in COLUMNS
-        ],  # fmt: skip
+        "columns": column_report(inst),
         "rows": rows,
         "table": table,
         "plot": str(plot(rows, labels, cfg.out / "compare.png")),
@@ -549,7 +567,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     return report
 
 
-def _file_part(name: str) -> str:
+def file_part(name: str) -> str:
+    """``name`` as a file name part: letters, digits, '-' and '_' kept, anything else '_'."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
@@ -576,6 +595,17 @@ def build_parser() -> argparse.ArgumentParser:
       help="a trained ControlNet folder (repeat for each condition)")  # fmt: skip
     a("--data", type=Path, required=True, help="Cityscapes-layout root (with labels, disparity, camera)")
     a("--out", type=Path, required=True, help="output folder")
+    add_eval_arguments(p)
+    return p
+
+
+def add_eval_arguments(p: argparse.ArgumentParser, *, steps_flag: str = "--steps") -> None:
+    """The flags of everything but the ControlNets: references, sampling, instruments, threads.
+
+    Shared with ``factory.eval.sweep`` (whose ``--steps`` is its training budget, so it names the
+    sampling steps ``steps_flag="--sample-steps"``); ``eval_config`` reads them back.
+    """
+    a = p.add_argument
     a("--split", default="val", help="split of the evaluated references")
     a("--real-split", default="train", help="split of the real images FD compares against")
     a("--fd-real", type=int, default=500, help="at most this many real images for FD")
@@ -594,12 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("configs/prompts/procedural.yaml"),
         help="prompt file (with 'clear')",
     )
-    a("--steps", type=int, default=20)
-    a("--guidance", type=float, default=3.0)
-    a("--scheduler", default="ddim", choices=["ddim", "unipc", "euler"])
-    a("--batch-size", type=int, default=8)
-    a("--device", default="cpu")
-    a("--seed", type=int, default=0)
+    a(steps_flag, dest="sample_steps", metavar="STEPS", type=int, default=20, help="sampling steps")
+    a("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    a("--scheduler", default="ddim", choices=["ddim", "unipc", "euler"], help="sampler")
+    a("--batch-size", type=int, default=8, help="samples per Synthesizer batch")
+    a("--device", default="cpu", help="sampling device (cpu, cuda, auto)")
+    a("--seed", type=int, default=0, help="sampling seed: every row gets the same noise")
     a("--no-unconditioned", action="store_true", help="skip the 'no condition' row")
     a(
         "--segmenter",
@@ -632,22 +662,26 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lpips-linear", type=Path, help="real: LPIPS linear weights (alex.pth of the LPIPS release)")
     a("--clip", type=Path, help="real: transformers CLIP folder (then the column is CLIP score)")
     a("--threads", type=int, default=2, help="torch CPU threads")
-    return p
 
 
-def config_from_args(args: argparse.Namespace) -> CompareConfig:
-    names = [n for n, _ in args.controlnet]
-    check(len(set(names)) == len(names), "controlnets", f"a name is given twice: {names}")
+def eval_config(args: argparse.Namespace, controlnets: dict[str, Path], out: Path) -> CompareConfig:
+    """A CompareConfig from the flags of ``add_eval_arguments`` and the ControlNets to sample."""
     return CompareConfig(
-        controlnets=dict(args.controlnet), data=args.data, out=args.out, split=args.split,
+        controlnets=controlnets, data=args.data, out=out, split=args.split,
         real_split=args.real_split, fd_real=args.fd_real, n=args.n, seeds=args.seeds,
-        weather_refs=args.weather_refs, weathers=list(args.weathers), prompts=args.prompts, steps=args.steps,
+        weather_refs=args.weather_refs, weathers=list(args.weathers), prompts=args.prompts, steps=args.sample_steps,
         guidance=args.guidance, scheduler=args.scheduler, batch_size=args.batch_size, device=args.device,
         seed=args.seed, unconditioned=not args.no_unconditioned, segmenter=args.segmenter,
         depth_judge=args.depth_judge, weather_judge=args.weather_judge, seg_model=args.seg_model,
         depth_model=args.depth_model, depth_output=args.depth_output, fid_inception=args.fid_inception,
         lpips_backbone=args.lpips_backbone, lpips_linear=args.lpips_linear, clip=args.clip,
     )  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    names = [n for n, _ in args.controlnet]
+    check(len(set(names)) == len(names), "controlnets", f"a name is given twice: {names}")
+    return eval_config(args, dict(args.controlnet), args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -263,6 +263,19 @@ class PCAArtifact:
     def channels(self) -> int:
         return int(self.components.shape[1])
 
+    def leading(self, n: int) -> PCAArtifact:
+        """The first ``n`` components: exactly the ``n``-component fit of the same vectors.
+
+        Exact, not an approximation: ``StreamingPCA.fit`` runs one ``eigh`` on a covariance that
+        does not depend on ``n``, keeps the components in decreasing-eigenvalue order and fixes
+        each one's sign on its own, so the ``n``-component fit is this fit's first ``n`` rows
+        (same mean, same eigenvalues). A sweep over N therefore fits once, at the largest N.
+        """
+        if not 1 <= n <= self.n_components:
+            raise LayoutError(f"leading({n}): this PCA has {self.n_components} components; need 1..that")
+        meta = {**self.meta, "leading_of": self.n_components}
+        return PCAArtifact(self.mean.clone(), self.components[:n].clone(), self.eigenvalues[:n].clone(), meta)
+
     def save(self, path: str | Path) -> Path:
         """Write the artifact's two files (``pca_files``, atomically); returns the tensors file."""
         st_path, json_path = pca_files(path)

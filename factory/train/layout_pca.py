@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,13 +24,27 @@ from factory.cli import STARTS_OVER, run_cli
 
 
 def fit(
-    model: str, data_root: Path, out: Path, *, split: str = "train", samples: int = 20000, limit: int = 0
+    model: str,
+    data_root: Path,
+    out: Path,
+    *,
+    split: str = "train",
+    samples: int = 20000,
+    limit: int = 0,
+    layout: Mapping[str, Any] | None = None,
 ) -> Path:
+    """Fit on the first ``limit`` (0: all) images of ``split``; returns the tensors file.
+
+    ``layout``: further LayoutConfig fields (``backbone``, ``n_components``, ``device``, ...),
+    validated like a config file's - the same values the ControlNet's ``condition.layout`` must
+    then be given, since a PCA only applies to the features it was fitted on.
+    """
+    from factory.config import from_dict
     from factory.data.cityscapes import list_cityscapes, load_sample
     from factory.layout import LayoutConfig, build_backbone, fit_layout_pca
     from factory.models import load_components
 
-    cfg = LayoutConfig(model=model, pca_samples=samples, device="cpu")
+    cfg = from_dict(LayoutConfig, {"model": model, "pca_samples": samples, "device": "cpu", **(layout or {})})
     components = load_components(model)
     refs = list_cityscapes(data_root, split).refs
     refs = refs[:limit] if limit else refs

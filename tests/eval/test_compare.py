@@ -13,11 +13,8 @@ import torch
 from factory.config import ConfigError, from_dict
 from factory.data.cityscapes import list_cityscapes, load_sample
 from factory.eval.compare import COLUMNS, CompareConfig, main
-from factory.eval.controllability import WeatherJudge, WeatherJudgeConfig
-from factory.eval.depth import DepthJudge, DepthJudgeConfig
 from factory.layout import LayoutConfig, SDUNetBackbone, fit_layout_pca
-from factory.models import load_components, save_components
-from factory.quality.segmenter import Segmenter, SegmenterConfig
+from factory.models import load_components
 from factory.train.controlnet import ControlNetTrainConfig, train_controlnet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,13 +22,12 @@ KINDS = ("layout", "canny", "disparity", "semseg")
 
 
 @pytest.fixture(scope="module")
-def setup(city_root, tmp_path_factory) -> dict:
+def setup(city_root, tiny_base, tiny_judges, tmp_path_factory) -> dict:
     """A tiny base model, one ControlNet per condition after 2 training steps, tiny judges."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("compare")
-    base = root / "base"
-    components = load_components("tiny")
-    save_components(components, base)
+    base = tiny_base
+    components = load_components(str(base))
     cs = city_root / "cityscapes"
     train = [load_sample(r) for r in list_cityscapes(cs, "train").refs]
     layout = LayoutConfig(model=str(base), n_components=4, pca_samples=300, micro_batch=1, device="cpu")
@@ -48,13 +44,7 @@ def setup(city_root, tmp_path_factory) -> dict:
             "validation": {"every": -1},
         })  # fmt: skip
         folders[kind] = train_controlnet(cfg)
-    judges = root / "judges"
-    Segmenter.train_procedural(SegmenterConfig(steps=3, n_scenes=4)).save(judges / "seg")
-    DepthJudge.train_procedural(DepthJudgeConfig(steps=3, n_scenes=4, width_mult=4)).save(judges / "depth")
-    WeatherJudge.train_procedural(WeatherJudgeConfig(steps=3, n_scenes=2, width_mult=4)).save(
-        judges / "weather"
-    )
-    return {"folders": folders, "judges": judges, "data": cs, "root": root}
+    return {"folders": folders, "judges": tiny_judges, "data": cs, "root": root}
 
 
 def argv(setup, out: Path, *extra: str) -> list[str]:

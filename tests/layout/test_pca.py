@@ -184,3 +184,18 @@ def test_sampling_hash_is_pinned():
     assert stable_hash(0, "positions", "aachen_000000_000019") == 3014213701138088885
     assert sample_positions("aachen_000000_000019", 5, 4, 8, seed=0).tolist() == [0, 3, 6, 8, 18]
     assert sample_counts(["a", "b", "c"], 5, seed=0) == {"a": 1, "b": 2, "c": 2}
+
+
+def test_the_leading_components_of_a_fit_are_the_fit_with_fewer_components():
+    """factory.eval.sweep fits once at the largest N and keeps the first N rows for each
+    smaller N: that must be the N-component fit itself, bit for bit (not just close)."""
+    vectors = {f"k{i}": torch.from_numpy(correlated(80, 12, i)) for i in range(5)}
+    full = fit_pca(vectors, 8, {"signature": {"backbone": "x"}})
+    for n in (1, 3, 8):
+        fitted = fit_pca(vectors, n, {"signature": {"backbone": "x"}})
+        kept = full.leading(n)
+        for name in ("mean", "components", "eigenvalues"):
+            assert torch.equal(getattr(kept, name), getattr(fitted, name)), (n, name)
+        assert kept.n_components == n and kept.meta["leading_of"] == 8
+    with pytest.raises(LayoutError, match="8 components"):
+        full.leading(9)
