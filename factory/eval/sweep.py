@@ -69,11 +69,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -158,9 +159,9 @@ def knee(points: Sequence[tuple[float, float]]) -> int:
 class Variant:
     """A layout variant: N components of a backbone's PCA, on the N axis or the backbone axis.
 
-    A backbone-axis variant asks for the largest N and gets at most its features' channel count
-    (``fit_layout_pca`` keeps min(N, channels)): the N a point really has is its recorded
-    ``n_components``, and its name is the backbone's alone.
+    A backbone-axis variant has the largest N, capped at its features' channel count
+    (``feature_channels``; a PCA cannot keep more components than channels): its name is the
+    backbone's alone and its N is recorded with its point.
     """
 
     backbone: str
@@ -172,15 +173,30 @@ class Variant:
         return f"{self.backbone}-n{self.n}" if self.axis == "components" else self.backbone
 
 
-def layout_variants(components: Sequence[int], backbones: Sequence[str]) -> list[Variant]:
-    """Axis A: every N on the first backbone (sd-unet when given), every other one at the largest N."""
+def layout_variants(
+    components: Sequence[int], backbones: Sequence[str], channels: Mapping[str, int] | None = None
+) -> list[Variant]:
+    """Axis A: every N on the first backbone (sd-unet when given), every other one at the largest
+    N, capped at its feature channels when ``channels`` knows them (``vae-latent``: the VAE's 4)."""
     if not components:
         return []
     first = "sd-unet" if "sd-unet" in backbones else backbones[0]
     top = max(components)
+    known = channels or {}
     return [Variant(first, n) for n in sorted(components)] + [
-        Variant(b, top, "backbone") for b in backbones if b != first
+        Variant(b, min(top, known.get(b, top)), "backbone") for b in backbones if b != first
     ]
+
+
+@functools.cache
+def feature_channels(base_model: str, backbone: str) -> int | None:
+    """The feature channels of a backbone that reads the base model (None for the ViT ones,
+    whose folders come with the training overrides: a PCA there keeps its N)."""
+    if backbone not in ("sd-unet", "sd-unet-random", "vae-latent"):
+        return None
+    from factory.layout import LayoutConfig, build_backbone
+
+    return build_backbone(LayoutConfig(model=base_model, backbone=backbone, device="cpu")).channels  # type: ignore[arg-type]
 
 
 def variant_folder(out: Path, v: Variant) -> Path:
@@ -279,7 +295,10 @@ class SweepConfig:
 
     # -------------------------------------------------------------- what the sweep holds
     def variants(self) -> list[Variant]:
-        return layout_variants(self.components, self.backbones)
+        channels = {
+            b: c for b in self.backbones if (c := feature_channels(str(self.base_model), b)) is not None
+        }
+        return layout_variants(self.components, self.backbones, channels)
 
     def pca_path(self, backbone: str, n: int | None = None) -> Path:
         """A PCA artifact of ``backbone``: as fitted (at the largest N; ``n`` None) or its leading n."""
