@@ -88,7 +88,7 @@ def test_help_lists_nested_config_fields_with_types_defaults_and_docs():
     for line in [
         "  out: Path (required)",
         "  synth.steps: int = 20",
-        "  dataset.root: Path = data/city/cityscapes",
+        "  dataset.root: Path = data/procedural/cityscapes",
         "  variants.sets: list[str] = [fog, rain, snow, night]",
         "  synth.condition.layout.model: str = tiny",  # nested two levels below an optional config
         "  executor: {actor_pool, ray_data, in_process} = actor_pool",

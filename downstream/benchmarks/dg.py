@@ -10,7 +10,7 @@ Guard: ACDC is the test domain. No ACDC image may reach training (checked by sam
 source key of every training sample) or the PCA fit of the layouts (``--pca-meta``, checked by
 the keys its sidecar lists).
 
-    python -m downstream.benchmarks.dg --lumen 'out/shards/*.tar' --seeds 0 1 2 --out outputs/dg
+    python -m downstream.benchmarks.dg --lumen 'outputs/generate/procedural/shards/*.tar' --seeds 0 1 2 --out outputs/benchmarks/dg
 """
 
 from __future__ import annotations

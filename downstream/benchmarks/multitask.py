@@ -9,8 +9,8 @@ network with several seeds on the same schedule and is evaluated on the real val
 ``mDS`` (%). The ground truth scored as its own prediction gives the evaluator's ceiling on that
 set (below 100 at reduced resolution, see downstream.multitask.evaluate).
 
-    python -m downstream.benchmarks.multitask --lumen outputs/demo/generate/shards \
-        --seeds 0 1 --out outputs/multitask
+    python -m downstream.benchmarks.multitask --lumen outputs/generate/procedural/shards \
+        --seeds 0 1 --out outputs/benchmarks/multitask
 """
 
 from __future__ import annotations
