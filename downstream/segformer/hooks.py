@@ -51,24 +51,47 @@ def consumption_report(counts: Counter, requested_ratio: float | None) -> dict:
 
 @HOOKS.register_module()
 class SourceCountHook(Hook):
-    """Logs and saves the per-source count of consumed training samples."""
+    """Logs and saves the per-source count of consumed training samples.
 
-    priority = "VERY_LOW"
+    The count covers the whole run across ``--resume``: it is saved in every checkpoint's meta
+    (``CHECKPOINT_KEY``) and restored from the checkpoint a run resumes from, so a killed and
+    resumed run reports what its model consumed, not only the last call's iterations
+    (``counts_this_call`` has those). Priority LOW: it counts an iteration before the
+    CheckpointHook (VERY_LOW) saves it.
+    """
+
+    priority = "LOW"
+    CHECKPOINT_KEY = "consumed_sources"
 
     def __init__(self, interval: int = 50, out_file: str = "consumed_sources.json") -> None:
         self.interval = interval
         self.out_file = out_file
         self.counts: Counter = Counter()
+        self.this_call: Counter = Counter()
+
+    def before_run(self, runner) -> None:
+        # before load_or_resume: a resumed checkpoint's counts (after_load_checkpoint) replace these
+        self.counts = Counter()
+        self.this_call = Counter()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        saved = (checkpoint.get("meta") or {}).get(self.CHECKPOINT_KEY)
+        if getattr(runner, "_resume", False) and isinstance(saved, dict):  # not a load_from (fine-tune)
+            self.counts = Counter({str(k): int(v) for k, v in saved.items()})
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault("meta", {})[self.CHECKPOINT_KEY] = dict(self.counts)
 
     def before_train(self, runner) -> None:
-        self.counts = Counter()
         ds = runner.train_dataloader.dataset
         self.requested = getattr(ds, "ratio", None)
         self.declared = tuple(getattr(ds, "sources", ())) or (getattr(ds, "source", "real"),)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
         if data_batch is not None:
-            self.counts.update(count_sources(data_batch["data_samples"]))
+            batch = count_sources(data_batch["data_samples"])
+            self.counts.update(batch)
+            self.this_call.update(batch)
         if self.every_n_train_iters(runner, self.interval):
             self._log(runner)
 
@@ -85,6 +108,7 @@ class SourceCountHook(Hook):
         rep["declared_sources"] = list(self.declared)
         missing = [s for s in self.declared if self.counts.get(s, 0) == 0]
         rep["unused_sources"] = missing
+        rep["counts_this_call"] = dict(self.this_call)  # a resumed call: the iterations it ran
         path = Path(runner.work_dir) / self.out_file
         atomic_write_text(path, json.dumps(rep, indent=2))
         if missing and rep["total"] >= 2 * len(self.declared):

@@ -59,9 +59,11 @@ def test_resume_continues_from_the_latest_checkpoint(city_env, tmp_path):
     args += ["--resume", "--no-acdc-eval", "--cfg-options"] + [f"{k}={v}" for k, v in options.items()]
     runner = main(args)
     assert runner.iter == 6 and (tmp_path / "iter_6.pth").is_file()
-    # only the 2 missing iterations ran (batch 2): not retrained from scratch
+    # only the 2 missing iterations ran (batch 2): not retrained from scratch; the audit covers
+    # the whole run (4 + 2 iterations), carried in the checkpoint across the resume
     consumed = json.loads((tmp_path / "consumed_sources.json").read_text())
-    assert consumed["counts"] == {"real": 4}, consumed
+    assert consumed["counts_this_call"] == {"real": 4}, consumed
+    assert consumed["counts"] == {"real": 12} and consumed["total"] == 12, consumed
     logs = "".join(p.read_text() for p in tmp_path.glob("*/*.log"))
     assert "resumed" in logs.lower() and "iter_4.pth" in logs
 
