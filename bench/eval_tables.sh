@@ -11,7 +11,8 @@ PY=${PY:-.venv/bin/python}
 CITY=$OUT/city
 BASE=models/procedural-base-v1
 JUDGES=(--segmenter "$OUT/judges/segmenter" --depth-judge "$OUT/judges/depth" --weather-judge "$OUT/judges/weather")
-SAMPLING=(--n 8 --seeds 2 --weather-refs 2 --sample-steps 10 --threads 2)
+THREADS=${THREADS:-2}  # torch threads; 1 when the machine is shared (2 threads on a busy core spin)
+SAMPLING=(--n 8 --seeds 2 --weather-refs 2 --sample-steps 10 --threads "$THREADS")
 export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 TQDM_MININTERVAL=30
 
 test -d "$CITY/cityscapes" || $PY -m factory.data.procedural --out "$CITY" --n-train 96 --n-val 24 --n-acdc 16 --seed 0
@@ -29,9 +30,9 @@ $PY -m factory.eval.sweep --data "$CITY/cityscapes" --out "$OUT/sweep" --base-mo
 for kind in canny disparity semseg; do
   $PY -m factory.train.controlnet --config configs/train/procedural_controlnet_$kind.yaml \
     out="$OUT/controlnet/$kind" base_model=$BASE data.root="$CITY/cityscapes" steps="$STEPS" \
-    validation.every="$STEPS" checkpoint_every=50 seed=0 threads=2
+    validation.every="$STEPS" checkpoint_every=50 seed=0 threads="$THREADS"
 done
 $PY -m factory.eval.compare --data "$CITY/cityscapes" --out "$OUT/compare" \
   --controlnet layout="$OUT/sweep/controlnets/sd-unet-n20" --controlnet canny="$OUT/controlnet/canny" \
   --controlnet depth="$OUT/controlnet/disparity" --controlnet semseg="$OUT/controlnet/semseg" \
-  --n 8 --seeds 2 --weather-refs 2 --steps 10 --threads 2 "${JUDGES[@]}"
+  --n 8 --seeds 2 --weather-refs 2 --steps 10 --threads "$THREADS" "${JUDGES[@]}"

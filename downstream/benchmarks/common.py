@@ -91,6 +91,64 @@ def summarise(
     return out
 
 
+def paired_intervals(
+    runs: dict[str, list[dict[str, float]]], baseline: str = "real", level: float = 0.95
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per mix (other than ``baseline``) and column: the mean paired difference to the baseline
+    over seeds and its ``level`` confidence interval (Student's t on the per-seed differences).
+
+    Why paired: every mix is trained with the same seeds, so seed s of a mix and seed s of the
+    baseline share their initialisation and data order; the difference removes that shared
+    noise, which is most of the seed-to-seed spread. The runs' lists are in seed order (the
+    benchmark runs ``--seeds`` in order for every mix). With one seed there is no interval (None).
+    """
+    from scipy import stats
+
+    base = runs.get(baseline)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    if not base:
+        return out
+    for mix, rows in runs.items():
+        if mix == baseline:
+            continue
+        if len(rows) != len(base):
+            raise ValueError(f"{mix}: {len(rows)} seeds vs {len(base)} for {baseline}: not paired")
+        out[mix] = {}
+        for c in base[0]:
+            d = np.array([r[c] - b[c] for r, b in zip(rows, base)], dtype=np.float64)
+            cell: dict[str, Any] = {"diff": float(d.mean()), "n": len(d), "ci": None, "method": "paired t"}
+            if len(d) >= 2:
+                half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+                cell["ci"] = [cell["diff"] - half, cell["diff"] + half]
+            out[mix][c] = cell
+    return out
+
+
+def format_intervals(
+    intervals: dict[str, dict[str, dict[str, Any]]],
+    columns: tuple[str, ...],
+    baseline: str = "real",
+    digits: int = 1,
+) -> list[str]:
+    """Table lines: each mix's paired difference to the baseline with its 95% interval."""
+    if not intervals:
+        return []
+    width = max([len("Difference to " + baseline)] + [len(m) for m in intervals]) + 2
+    n = next(iter(next(iter(intervals.values())).values()))["n"]
+    lines = [f"Difference to {baseline} (mean [95% CI], paired t over {n} seeds)".ljust(width)]
+    lines.append(" " * width + "".join(f"{c:>20}" for c in columns))
+    for mix, cols in intervals.items():
+        cells = ""
+        for c in columns:
+            cell = cols[c]
+            text = f"{cell['diff']:+.{digits}f}"
+            if cell["ci"] is not None:
+                text += f" [{cell['ci'][0]:+.{digits}f}, {cell['ci'][1]:+.{digits}f}]"
+            cells += f"{text:>20}"
+        lines.append(mix.ljust(width) + cells)
+    return lines
+
+
 def format_cell(cell: dict[str, float], digits: int = 1, width: int = 14) -> str:
     """``mean +- std`` over seeds, right-aligned in ``width``; a single seed shows the mean only
     (its spread is unknown: ``+- 0.0`` would read as "no spread"; see ``single_seed_note``)."""

@@ -1,10 +1,14 @@
 """Domain-generalisation benchmark (the paper's Table 4): train on Cityscapes (+ shards), test on ACDC.
 
-Each training *mix* - real only; real + LUMEN variant shards; real + other-weather shards
-when given - is trained with several seeds on the same schedule, then evaluated on Cityscapes
+Each training *mix* - real only; real + LUMEN variant shards; real + classical weather
+augmentation (``--classical``: albumentations, downstream.segformer.classical); real + other
+shards (``--other NAME=GLOB``, e.g. the oracle twins that ``synthesizer=factory.synth.oracle:build``
+writes: the procedural renderer's own weather on the same train scenes, the ceiling of perfect
+synthesis) - is trained with the same seeds on the same schedule, then evaluated on Cityscapes
 val and on ACDC val per weather. Printed as ``CS Rain Fog Snow Night Avg`` (mean +- sample
-standard deviation over seeds; Avg = mean of the four ACDC weathers), written as JSON and
-as a bar plot.
+standard deviation over seeds; Avg = mean of the four ACDC weathers) and, per mix, the paired
+difference to real-only with its 95% interval (Student's t over the per-seed differences,
+``common.paired_intervals``); written as JSON and as a bar plot.
 
 Guard: ACDC is the test domain. No ACDC image may reach training (checked by sample key and
 source key of every training sample) or the PCA fit of the layouts (``--pca-meta``, checked by
@@ -28,7 +32,9 @@ from downstream.benchmarks.common import (
     files_identity,
     finished_scores,
     format_cell,
+    format_intervals,
     has_checkpoint,
+    paired_intervals,
     recipe_digest,
     record_scores,
     run_dir,
@@ -135,6 +141,7 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: str | Path) -> N
 def run_one(
     config: str,
     synth: str | None,
+    augment: str | None,
     ratio: float,
     seed: int,
     max_iters: int | None,
@@ -149,12 +156,22 @@ def run_one(
     from downstream.segformer.train import build_config, train
 
     shards = files_identity(expand_shards(synth)) if synth else {}
-    recipe = recipe_digest(config, shards=shards, ratio=ratio, seed=seed, max_iters=max_iters)
+    settings: dict[str, Any] = {"shards": shards, "ratio": ratio, "seed": seed, "max_iters": max_iters}
+    if augment:
+        settings["augment"] = augment  # (absent otherwise: earlier runs' recipes stay valid)
+    recipe = recipe_digest(config, **settings)
     done = finished_scores(work_dir, recipe)
     if done is not None:
         return done
     cfg = build_config(
-        config, synth=synth, ratio=ratio, work_dir=work_dir, max_iters=max_iters, seed=seed, validate=False
+        config,
+        synth=synth,
+        augment=augment,
+        ratio=ratio,
+        work_dir=work_dir,
+        max_iters=max_iters,
+        seed=seed,
+        validate=False,
     )
     cfg.resume = has_checkpoint(work_dir)
     # 1. guard: build the training set's index (no images decoded) and check every key
@@ -194,6 +211,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="NAME=GLOB",
         help="more shard mixes, e.g. 'canny=out/canny/*.tar' -> mix 'real + canny' (repeatable)",
     )
+    p.add_argument(
+        "--classical",
+        action="store_true",
+        help="add the mix 'real + classical aug': the same ratio of draws are real images through "
+        "albumentations' fog / rain / snow / darkening (the baseline a practitioner tries first)",
+    )
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of training samples from the shards")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
@@ -207,14 +230,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from mmengine.config import Config
 
-    mixes: dict[str, str | None] = {"real": None}
+    mixes: dict[str, dict[str, str | None]] = {"real": {"synth": None, "augment": None}}
     if a.lumen:
-        mixes["real + LUMEN"] = a.lumen
+        mixes["real + LUMEN"] = {"synth": a.lumen, "augment": None}
+    if a.classical:
+        mixes["real + classical aug"] = {"synth": None, "augment": "classical"}
     for item in a.other:
         if "=" not in item:
             p.error(f"--other {item!r}: expected NAME=GLOB")
         name, glob_ = item.split("=", 1)
-        mixes[f"real + {name}"] = glob_
+        mixes[f"real + {name}"] = {"synth": glob_, "augment": None}
     acdc_root = Config.fromfile(a.config).acdc_val["data_root"]
     forbidden = acdc_keys(acdc_root)
     if not forbidden:
@@ -227,14 +252,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_pca_meta(a.pca_meta, forbidden)
     a.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {}
-    for mix, synth in mixes.items():
+    for mix, source in mixes.items():
         for seed in a.seeds:
             wd = run_dir(a.out, mix, seed)
             runs.setdefault(mix, []).append(
-                run_one(a.config, synth, a.ratio, seed, a.max_iters, wd, forbidden)
+                run_one(
+                    a.config, source["synth"], source["augment"], a.ratio, seed, a.max_iters, wd, forbidden
+                )
             )
     summary = summarise(runs, COLUMNS)
-    table = format_table(summary)
+    intervals = paired_intervals(runs, "real")
+    table = "\n".join([format_table(summary), *format_intervals(intervals, COLUMNS)])
     print(table)
     result = {
         "config": a.config,
@@ -244,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_iters": a.max_iters,
         "runs": runs,
         "summary": summary,
+        "paired_difference_to_real": intervals,
         "table": table,
     }
     return save_result(a.out, "dg", result, plot)

@@ -6,6 +6,6 @@ makes mmengine read local checkpoints with downstream's safe loader (downstream.
 
 from downstream.checkpoints import install_mmengine_loader
 
-from . import datasets, hooks, sampler, transforms  # noqa: F401
+from . import classical, datasets, hooks, sampler, transforms  # noqa: F401
 
 install_mmengine_loader()

@@ -114,11 +114,23 @@ def _set_max_iters(cfg: Any, max_iters: int) -> None:
         )
 
 
+def with_classical_weather(pipeline: list[dict]) -> list[dict]:
+    """``pipeline`` with ``ClassicalWeather`` right after the image is loaded (before the
+    geometric and photometric transforms, as weather would be in the scene)."""
+    steps = copy.deepcopy(list(pipeline))
+    at = next((i for i, s in enumerate(steps) if s.get("type") == "LoadLumenImage"), None)
+    if at is None:
+        raise ConfigError("--augment classical: the train pipeline has no LoadLumenImage step to follow")
+    steps.insert(at + 1, dict(type="ClassicalWeather"))
+    return steps
+
+
 def build_config(
     config: str | Path = DEFAULT_CONFIG,
     *,
     synth: str | list[str] | None = None,
     ratio: float = 0.5,
+    augment: str | None = None,
     agreement_ignore: bool = False,
     work_dir: str | Path | None = None,
     max_iters: int | None = None,
@@ -137,19 +149,28 @@ def build_config(
     if cfg_options:
         check_cfg_options(cfg, cfg_options, str(config))
         cfg.merge_from_dict(cfg_options)
-    if synth:
+    if synth and augment:
+        raise ConfigError(f"--synth and --augment {augment}: give one source of extra samples, not both")
+    if augment is not None and augment != "classical":
+        raise ConfigError(f"--augment {augment!r}: the one augmentation baseline is 'classical'")
+    if synth or augment:
         if not 0.0 < ratio < 1.0:
             raise ConfigError(
-                f"--ratio {ratio}: must be in (0, 1), the fraction of samples drawn from --synth"
+                f"--ratio {ratio}: must be in (0, 1), the fraction of samples drawn from --synth / --augment"
             )
         real = copy.deepcopy(cfg.train_dataloader.dataset)
-        shard_ds = dict(
-            type="LumenShardDataset",
-            shards=synth,
-            pipeline=copy.deepcopy(real["pipeline"]),
-            agreement_ignore=agreement_ignore,
-        )
-        cfg.train_dataloader.dataset = dict(type="MixedDataset", real=real, synth=shard_ds, ratio=ratio)
+        extra: dict[str, Any]
+        if synth:
+            extra = dict(
+                type="LumenShardDataset",
+                shards=synth,
+                pipeline=copy.deepcopy(real["pipeline"]),
+                agreement_ignore=agreement_ignore,
+            )
+        else:  # the real set again, each draw through classical weather augmentation
+            extra = copy.deepcopy(real)
+            extra["pipeline"] = with_classical_weather(real["pipeline"])
+        cfg.train_dataloader.dataset = dict(type="MixedDataset", real=real, synth=extra, ratio=ratio)
         cfg.train_dataloader.sampler = dict(type="MixedSampler", shuffle=True)
     if max_iters is not None:
         if max_iters < 1:
@@ -159,7 +180,8 @@ def build_config(
         cfg.randomness = dict(seed=seed)
     if not validate:
         cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.work_dir = str(work_dir or Path("outputs/segformer") / (config.stem + ("_synth" if synth else "")))
+    suffix = "_synth" if synth else f"_{augment}" if augment else ""
+    cfg.work_dir = str(work_dir or Path("outputs/segformer") / (config.stem + suffix))
     check_config(cfg, str(config))
     return cfg
 
@@ -201,6 +223,13 @@ def main(argv: list[str] | None = None) -> Any:
         "--ratio", type=float, default=0.5, help="fraction of training samples from --synth (default 0.5)"
     )
     p.add_argument(
+        "--augment",
+        choices=["classical"],
+        default=None,
+        help="instead of --synth: a fraction --ratio of the draws are real images through classical "
+        "weather augmentation (albumentations fog / rain / snow / darkening; the baseline)",
+    )
+    p.add_argument(
         "--agreement-ignore",
         action="store_true",
         help="ignore the --synth pixels where the factory's judge disagreed with the reused label "
@@ -226,6 +255,7 @@ def main(argv: list[str] | None = None) -> Any:
         a.config,
         synth=a.synth,
         ratio=a.ratio,
+        augment=a.augment,
         agreement_ignore=a.agreement_ignore,
         work_dir=a.work_dir,
         max_iters=a.max_iters,
