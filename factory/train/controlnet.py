@@ -20,10 +20,21 @@ The run, top to bottom (``train_controlnet``):
 Batches, noise and timesteps are drawn from generators seeded by (seed, step), so a resumed run
 sees exactly the batches an uninterrupted one would.
 
+Processes: ``batch_size`` is per process; one optimiser step uses ``batch_size x processes x
+grad_accum`` samples (``lumen_training.json`` records the process count and that product).
+Every process writes which samples it used at each step to ``<out>/batches/rank<k>.jsonl``
+(factory.train.batch_audit): one line per step, always on, so a split that gives two processes
+the same samples or skips some can be seen. A resume truncates that audit and train_log.jsonl
+to the resumed step, so each step is listed once. On a machine without GPUs, ``accelerate
+launch --multi_gpu`` starts the processes but accelerate runs them as one each unless
+``ACCELERATE_USE_CPU=1`` is set (gloo); the trainer refuses that case rather than let each
+process train alone into the same ``out``.
+
 Usage::
 
     python -m factory.train.controlnet --config configs/train/procedural_controlnet_layout.yaml [key=value ...]
     accelerate launch -m factory.train.controlnet --config configs/train/cityscapes_sd15_layout.yaml
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m factory.train.controlnet ...  # CPU, gloo
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ from factory.cli import config_help, run_cli
 from factory.config import ConfigError, absolute_paths, check, from_dict, load_config, to_dict
 from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.sample import DataError, Sample, SampleRef
+from factory.train.batch_audit import BatchAudit, reset_for_resume, truncate_after
 from factory.train.recipe import RESULT_FILE, pca_file_hash
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -265,6 +277,29 @@ def condition_tensor(
     return cond.detach().clone().float().cpu()
 
 
+def check_launch(num_processes: int) -> None:
+    """Refuse a launch whose processes accelerate does not join into one run.
+
+    torchrun (``accelerate launch --multi_gpu``) sets ``WORLD_SIZE`` in every process it starts;
+    on a machine without GPUs accelerate then joins them (gloo) only if ``ACCELERATE_USE_CPU=1``,
+    and otherwise runs each as a run of its own: every process would train on every batch and
+    write the same ``out``, with no error.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != num_processes:
+        raise TrainError(
+            f"launched as one of WORLD_SIZE={world} processes but accelerate runs {num_processes}; "
+            "fix: on a machine without GPUs set ACCELERATE_USE_CPU=1 (e.g. `ACCELERATE_USE_CPU=1 "
+            f"accelerate launch --multi_gpu --num_processes {world} -m factory.train.controlnet ...`), "
+            "or launch one process"
+        )
+
+
+def effective_batch_size(cfg: ControlNetTrainConfig, num_processes: int) -> int:
+    """Samples per optimiser step: ``batch_size`` is per process and per micro-step."""
+    return cfg.batch_size * num_processes * cfg.grad_accum
+
+
 def latest_checkpoint(ckpt_root: Path) -> tuple[int, Path] | None:
     """The highest complete checkpoint (``checkpoint-N`` holding trainer_state.json), if any.
 
@@ -289,7 +324,16 @@ def _seeded(*parts: int) -> torch.Generator:
 def batch_indices(
     n: int, batch: int, micro_step: int, process: int, num_processes: int, seed: int
 ) -> list[int]:
-    """The sample indices one process uses at one micro-step: epochs of seeded permutations."""
+    """The sample indices one process uses at one micro-step: epochs of seeded permutations.
+
+    The run reads one endless stream: the permutation of epoch 0, then that of epoch 1, ...
+    Micro-step ``s`` takes the next ``batch x num_processes`` positions of it, process ``p`` the
+    ``p``-th ``batch`` of them. So no position is used twice, and each ``n`` consecutive positions
+    are every sample once. When ``batch x num_processes`` divides ``n``, an epoch is a whole
+    number of micro-steps and the processes' batches of a micro-step are disjoint; otherwise a
+    micro-step can straddle two epochs and hold the same sample twice (the end of one
+    permutation, the start of the next), in one process or in two.
+    """
     per_step = batch * num_processes
     start = micro_step * per_step + process * batch
     out = []
@@ -407,6 +451,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    check_launch(accelerator.num_processes)
     device = accelerator.device
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
     out = Path(cfg.out)
@@ -462,7 +507,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
     )
     controlnet, optimizer, lr_sched = accelerator.prepare(controlnet, optimizer, lr_sched)
 
-    # 4. Resume from the latest complete checkpoint
+    # 4. Resume from the latest complete checkpoint; the logs keep the steps up to it
     ckpt_root = out / "checkpoints"
     step = 0
     found = latest_checkpoint(ckpt_root)
@@ -472,6 +517,16 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
         accelerator.print(f"resuming from {found[1]} (step {step})")
     log_path = out / "train_log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        truncate_after(log_path, step)
+        reset_for_resume(out, step)
+    accelerator.wait_for_everyone()  # no process appends to an audit before it is truncated
+    rank = accelerator.process_index
+    audit = BatchAudit(out, rank)
+    accelerator.print(
+        f"{accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), batch_size "
+        f"{cfg.batch_size} per process, {effective_batch_size(cfg, accelerator.num_processes)} samples per step"
+    )
 
     # 5. Loop
     bar = tqdm(
@@ -481,11 +536,25 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
     steps_run = 0
     while step < cfg.steps:
         losses = []
+        used: list[int] = []
         for micro in range(cfg.grad_accum):
             micro_step = step * cfg.grad_accum + micro
+            idx = batch_indices(
+                len(data), cfg.batch_size, micro_step, rank, accelerator.num_processes, cfg.seed
+            )
+            used += idx
             with accelerator.accumulate(controlnet):
                 loss = _loss(
-                    cfg, data, micro_step, accelerator, controlnet, components, sched, scale, weight_dtype
+                    cfg,
+                    data,
+                    idx,
+                    micro_step,
+                    accelerator,
+                    controlnet,
+                    components,
+                    sched,
+                    scale,
+                    weight_dtype,
                 )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
@@ -499,6 +568,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
         loss_v = float(np.mean(losses))
         bar.update(1)
         bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
+        audit.record(step, used, [refs[i].key for i in used])
         if accelerator.is_main_process:
             with log_path.open("a") as f:
                 f.write(json.dumps({"step": step, "loss": loss_v, "lr": lr_sched.get_last_lr()[0]}) + "\n")
@@ -530,6 +600,13 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
             out,
             data.layouts,
             {
+                "type": accelerator.distributed_type.value,
+                "num_processes": accelerator.num_processes,
+                "batch_size_per_process": cfg.batch_size,
+                "grad_accum": cfg.grad_accum,
+                "effective_batch_size": effective_batch_size(cfg, accelerator.num_processes),
+            },
+            {
                 "total_s": round(time.perf_counter() - t_start, 1),
                 "loop_s": round(loop_s, 1),
                 "steps_run_this_call": steps_run,
@@ -540,14 +617,26 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
     return out
 
 
-def _loss(cfg, data: _Data, micro_step: int, accelerator, controlnet, components, sched, scale, weight_dtype):
-    """Denoising loss (the base schedule's prediction type) of the frozen U-Net steered by the ControlNet."""
+def _loss(
+    cfg,
+    data: _Data,
+    idx: list[int],
+    micro_step: int,
+    accelerator,
+    controlnet,
+    components,
+    sched,
+    scale,
+    weight_dtype,
+):
+    """Denoising loss of the frozen U-Net steered by the ControlNet on the samples ``idx``.
+
+    The target is the base schedule's prediction type; noise, timesteps and dropout are drawn
+    from (seed, ``micro_step``, process), so a resumed run draws what an uninterrupted one did.
+    """
     from factory.models import denoising_target
 
     device = accelerator.device
-    idx = batch_indices(
-        len(data), cfg.batch_size, micro_step, accelerator.process_index, accelerator.num_processes, cfg.seed
-    )
     g = _seeded(cfg.seed, micro_step, accelerator.process_index, 1)
     idx_t = torch.tensor(idx)
     z0 = (data.mean[idx_t] + data.std[idx_t] * torch.randn(data.mean[idx_t].shape, generator=g)) * scale
@@ -660,7 +749,16 @@ def validation_grid(cfg: ControlNetTrainConfig, data: _Data, components, control
 
 
 def save_result(
-    cfg, controlnet, components, provider, refs, step: int, out: Path, layouts: dict | None, timings: dict
+    cfg,
+    controlnet,
+    components,
+    provider,
+    refs,
+    step: int,
+    out: Path,
+    layouts: dict | None,
+    distributed: dict,
+    timings: dict,
 ) -> None:
     """``save_pretrained`` into a temporary folder, then move its files into ``out`` (+ JSON)."""
     from factory.models import content_hash
@@ -679,6 +777,7 @@ def save_result(
         "layouts": layouts,  # layout condition: how many were read from the store, how many computed
         "controlnet_content_hash": content_hash(controlnet),
         "steps": step,
+        "distributed": distributed,  # accelerate's process count and the samples per step
         "data": {**to_dict(cfg.data), "n_samples": len(refs)},
         "caption": to_dict(cfg.caption),
         "config": to_dict(cfg)
@@ -690,6 +789,7 @@ def save_result(
     for f in sorted(tmp.iterdir()):
         os.replace(f, out / f.name)
     tmp.rmdir()
+    print(f"saved the ControlNet and {RESULT_FILE} to {out}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

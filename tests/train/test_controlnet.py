@@ -250,7 +250,7 @@ def test_loss_target_follows_the_base_prediction_type(prediction_type):
     cfg = SimpleNamespace(batch_size=2, seed=0, condition_dropout=0.0, caption=SimpleNamespace(dropout=0.0))
     acc = SimpleNamespace(device=torch.device("cpu"), process_index=0, num_processes=1)
     controlnet = lambda *a, **k: ([], torch.zeros(1))  # noqa: E731
-    loss = _loss(cfg, data, 0, acc, controlnet, SimpleNamespace(unet=unet), sched, 1.0, torch.float32)
+    loss = _loss(cfg, data, [0, 1], 0, acc, controlnet, SimpleNamespace(unet=unet), sched, 1.0, torch.float32)
     ab = sched.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1)
     noise = seen["zt"] / (1 - ab).sqrt()
     target = noise if prediction_type == "epsilon" else ab.sqrt() * noise  # v = sqrt(ab) eps - sqrt(1-ab) z0
