@@ -77,8 +77,18 @@ def test_build_config_puts_the_augmentation_after_the_image_loader(city_env, tmp
 def test_paired_intervals_match_scipys_paired_t_test():
     from scipy import stats
 
-    real = [dict(Avg=10.0, CS=50.0), dict(Avg=12.0, CS=52.0), dict(Avg=11.0, CS=49.0), dict(Avg=13.0, CS=51.0)]
-    lumen = [dict(Avg=11.5, CS=50.5), dict(Avg=12.9, CS=51.0), dict(Avg=12.8, CS=49.5), dict(Avg=14.1, CS=52.0)]
+    real = [
+        dict(Avg=10.0, CS=50.0),
+        dict(Avg=12.0, CS=52.0),
+        dict(Avg=11.0, CS=49.0),
+        dict(Avg=13.0, CS=51.0),
+    ]
+    lumen = [
+        dict(Avg=11.5, CS=50.5),
+        dict(Avg=12.9, CS=51.0),
+        dict(Avg=12.8, CS=49.5),
+        dict(Avg=14.1, CS=52.0),
+    ]
     got = paired_intervals({"real": real, "real + LUMEN": lumen})["real + LUMEN"]
     for c in ("Avg", "CS"):
         test = stats.ttest_rel([r[c] for r in lumen], [r[c] for r in real])
