@@ -10,7 +10,7 @@ WHEELHOUSE ?= $(HOME)/.cache/lumen-factory/wheels
 CONSTRAINTS := $(VENV)/constraints.txt
 OUT ?= outputs
 
-.PHONY: help setup test test-fast lint typecheck format demo city layouts contact-sheet controlnet judges compare \
+.PHONY: help setup test test-fast lint typecheck format demo paper city layouts contact-sheet controlnet judges compare \
         generate dg multitask-bench train-segformer train-multitask bench \
         cluster-up cluster-down cluster-submit clean
 
@@ -107,8 +107,13 @@ dg:  ## 10. the domain-generalisation benchmark (real vs real + LUMEN, clear -> 
 multitask-bench:  ## 11. the multi-task benchmark (real / LUMEN / real + LUMEN) -> outputs/benchmarks/multitask
 	$(PY) -m downstream.benchmarks.multitask --lumen $(LUMEN_SHARDS) $(ARGS)
 
-demo:  ## the whole paper in miniature, offline, on a CPU
-	$(PY) -m demo --out $(OUT)/demo
+# CITY_SEED=<n>: the same run on a procedural city drawn with another seed (all else unchanged).
+CITY_SEED ?=
+demo:  ## the whole paper in miniature, offline, on a CPU (<= 15 min) [CITY_SEED=<n>]
+	$(PY) -m demo --out $(OUT)/demo$(if $(CITY_SEED),-city$(CITY_SEED)) $(if $(CITY_SEED),city_seed=$(CITY_SEED))
+
+paper:  ## the powered comparisons (DG with baselines, multi-task, Table 2), paired-seed intervals (<= 60 min) [CITY_SEED=<n>]
+	$(PY) -m demo --config configs/paper.yaml --out $(OUT)/paper$(if $(CITY_SEED),-city$(CITY_SEED)) $(if $(CITY_SEED),city_seed=$(CITY_SEED))
 
 bench:  ## CPU benchmarks (tiny models): layout extraction, generation job vs model-only loop
 	$(PY) bench/bench_layout.py

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from downstream.benchmarks.common import claim_verdict
+
 CONDITION_NAMES = {
     "layout": "neural layout (LUMEN)",
     "canny": "Canny edges",
@@ -19,6 +21,14 @@ CONDITION_NAMES = {
     "disparity": "depth (reference disparity)",
     "hed": "HED edges",
 }
+
+
+def interval_text(cell: dict[str, Any]) -> str:
+    """``+1.2 [95% CI +0.3, +2.1], 4 paired seeds`` (or the one-seed difference)."""
+    if cell.get("ci") is None:
+        return f"difference {cell['diff']:+.1f}, one seed"
+    lo, hi = cell["ci"]
+    return f"difference {cell['diff']:+.1f} [95% CI {lo:+.1f}, {hi:+.1f}], {cell['n']} paired seeds"
 
 
 def render_report(out: Path, r: dict[str, Any], stages: Sequence[str], conditions: Sequence[str]) -> str:
@@ -59,7 +69,14 @@ def render_report(out: Path, r: dict[str, Any], stages: Sequence[str], condition
         "```",
         "",
     ]
-    if real and lumen:
+    intervals = r["dg"].get("intervals") or {}
+    for mix in [m for m in intervals if m != "real"]:
+        cell, cs = intervals[mix]["Avg"], intervals[mix]["CS"]
+        lines.append(
+            f"Claim: {mix} above real-only on the adverse-weather average - "
+            f"**{claim_verdict(cell)}** ({interval_text(cell)}; clear-weather CS {interval_text(cs)})."
+        )
+    if real and lumen and not intervals:  # a report of a run from before the intervals
         a, b = real["Avg"]["mean"], lumen["Avg"]["mean"]
         verdict = "holds" if b > a else "does not hold"
         lines.append(
@@ -175,10 +192,14 @@ def multitask_lines(mt: dict[str, Any], rel: Callable[[str | Path], str]) -> lis
             for c in ("mIoU", "AbsRel", "delta1", "mDS")
         }
         a, b = s["real"]["mDS"]["mean"], s["real + LUMEN"]["mDS"]["mean"]
-        verdict = "holds" if b > a else "does not hold"
+        cell = (mt.get("intervals") or {}).get("real + LUMEN", {}).get("mDS")
+        if cell is not None:
+            verdict, numbers = claim_verdict(cell), f"mDS {b:.1f} vs {a:.1f}; {interval_text(cell)}"
+        else:  # a report of a run from before the intervals
+            verdict, numbers = ("holds" if b > a else "does not hold"), f"mDS {b:.1f} vs {a:.1f}"
         lines += [
             f"Claim: real + LUMEN above real-only on 3D car detection (the boxes are the references' "
-            f"own) - **{verdict}** at this scale (mDS {b:.1f} vs {a:.1f}; seeds: {s['real']['mDS']['n']}).",
+            f"own) - **{verdict}** ({numbers}; seeds: {s['real']['mDS']['n']}).",
             "",
             f"All differences, real + LUMEN minus real: mIoU {d['mIoU']:+.1f}, AbsRel {d['AbsRel']:+.3f} "
             f"(lower is better), delta1 {d['delta1']:+.1f}, mDS {d['mDS']:+.1f}.",

@@ -124,6 +124,25 @@ def paired_intervals(
     return out
 
 
+def claim_verdict(cell: dict[str, Any], *, higher_is_better: bool = True) -> str:
+    """A claim "this mix beats the baseline" judged on a ``paired_intervals`` cell.
+
+    "holds" only when the whole 95% interval is on the better side of zero, "does not hold" when
+    it is on the worse side, "undecided" when it contains zero (the effect is not told from
+    seed noise). With one seed (no interval) the point estimate decides and says so.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    diff = sign * cell["diff"]
+    if cell.get("ci") is None:
+        return f"{'holds' if diff > 0 else 'does not hold'} on one seed (no interval: run more seeds)"
+    lo, hi = sorted(sign * x for x in cell["ci"])
+    if lo > 0:
+        return "holds"
+    if hi < 0:
+        return "does not hold"
+    return "undecided (the 95% interval contains zero)"
+
+
 def format_intervals(
     intervals: dict[str, dict[str, dict[str, Any]]],
     columns: tuple[str, ...],

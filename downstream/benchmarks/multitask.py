@@ -26,7 +26,9 @@ from downstream.benchmarks.common import (
     files_identity,
     finished_scores,
     format_cell,
+    format_intervals,
     has_checkpoint,
+    paired_intervals,
     recipe_digest,
     record_scores,
     run_dir,
@@ -146,7 +148,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     refs = list_refs(cfg.val.kind, cfg.val.root, cfg.val.split)[: cfg.eval.limit]
     ceiling = gt_ceiling(refs, a.out / "gt_ceiling", tuple(cfg.box_classes), cfg.eval.min_iou)
     summary = summarise(runs, COLUMNS)
-    table = format_table(summary, ceiling.get("mDetection_Score"))
+    intervals = paired_intervals(
+        {m: [{c: r[c] for c in COLUMNS} for r in rs] for m, rs in runs.items()}, "real"
+    )
+    table = "\n".join(
+        [
+            format_table(summary, ceiling.get("mDetection_Score")),
+            *format_intervals(intervals, COLUMNS, digits=3),
+        ]
+    )
     print(table)
     result = {
         "config": a.config,
@@ -157,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seeds": a.seeds,
         "runs": runs,
         "summary": summary,
+        "paired_difference_to_real": intervals,
         "gt_ceiling": ceiling,
         "table": table,
     }
