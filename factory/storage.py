@@ -29,13 +29,19 @@ check-then-write, not atomic: ``atomic_create`` says which one a store has.
 Credentials and endpoints come from the environment the protocol's library reads (for S3:
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, an instance role) or
 from ``storage_options``, passed to fsspec as they are (cluster/README.md).
+
+``python -m factory.storage cat URI`` writes one object to stdout (webdataset's ``pipe:`` reads
+a shard with it) and ``rm URI`` deletes one (a stale lock), with the same credentials.
 """
 
 from __future__ import annotations
 
 import abc
+import argparse
 import os
 import re
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -363,6 +369,24 @@ def location_size(path: str | Path, storage_options: Mapping[str, Any] | None = 
     return open_store(folder, storage_options).size(name)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m factory.storage cat|rm URI``: one object to stdout, or deleted."""
+    parser = argparse.ArgumentParser(prog="python -m factory.storage", description=main.__doc__)
+    parser.add_argument("command", choices=["cat", "rm"])
+    parser.add_argument("uri", help="a local path or an fsspec URI (s3://bucket/run/shards/shard-000000.tar)")
+    args = parser.parse_args(argv)
+    folder, _, name = str(args.uri).rstrip("/").rpartition("/")
+    store = open_store(folder or ".")
+    if store.size(name) is None:
+        raise StorageError(f"{args.uri}: no such file or object")
+    if args.command == "rm":
+        store.remove(name)
+        return 0
+    with store.open(name) as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    return 0
+
+
 __all__ = [
     "ATOMIC_CREATE_PROTOCOLS",
     "FsspecStore",
@@ -373,7 +397,14 @@ __all__ = [
     "is_uri",
     "location",
     "location_size",
+    "main",
     "open_location",
     "open_store",
     "redact",
 ]
+
+
+if __name__ == "__main__":
+    from factory.cli import STARTS_OVER, run_cli
+
+    sys.exit(run_cli(main, on_interrupt=STARTS_OVER))
