@@ -331,8 +331,9 @@ class ObjectStoreLock:
             return (
                 f"{self.store.location}: the output is locked by {who}, but its lock looks stale: the "
                 f"holder last wrote a heartbeat {_ago(beat)} (it rewrites it every {self.heartbeat_s:.0f} s). "
-                f"If that job is dead (its node lost), remove the lock object: {_rm_command(self.uri)}, "
-                "and rerun; the rerun resumes"
+                f"If that job is dead (its node lost), remove the lock object {self.uri} (e.g. "
+                f"`python -m factory.storage rm {self.uri}` with the job's credentials and endpoint in the "
+                "environment, or your store's own tool) and rerun; the rerun resumes"
             )
         return (
             f"{self.store.location}: the output is in use by {who}; one job per output "
@@ -346,15 +347,6 @@ def output_lock(store: Store, *, job: str, run_id: str = "") -> OutputLock | Obj
     if local is not None:
         return OutputLock(local, job=job, run_id=run_id)
     return ObjectStoreLock(store, job=job, run_id=run_id)
-
-
-def _rm_command(uri: str) -> str:
-    """How to delete one object, in the protocol's own tool where there is a usual one."""
-    if uri.startswith(("s3://", "s3a://")):
-        return f"`aws s3 rm {uri.replace('s3a://', 's3://', 1)}`"
-    if uri.startswith(("gs://", "gcs://")):
-        return f"`gcloud storage rm {uri.replace('gcs://', 'gs://', 1)}`"
-    return f"`python -c \"import fsspec; fsspec.url_to_fs('{uri}')[0].rm_file('{uri}')\"`"
 
 
 def _boot_id() -> str:
