@@ -57,12 +57,13 @@ class GenerateConfig:
       this process without Ray; the shards are the same whichever runs them.
     ``out``: the job's folder (shards/, manifest/, plan.json, the dataset card): a local path,
       or an fsspec URI (``s3://bucket/prefix``, ``gs://...``; factory.storage) that every worker
-      writes to. ``storage_options``: passed to fsspec for a URI ``out`` (e.g. ``endpoint_url``
-      of an S3-compatible server); credentials belong in the environment (cluster/README.md),
-      and secret-looking options are redacted from the dataset card.
+      writes to.
+    ``storage_options``: passed to fsspec for a URI ``out`` (e.g. ``endpoint_url`` of an
+      S3-compatible server); credentials belong in the environment (cluster/README.md), and
+      secret-looking options are redacted from the dataset card.
     """
 
-    out: Path | str  # a local folder (Path) or an fsspec URI (str)
+    out: Path | str  # a local folder, or an fsspec URI (s3://bucket/prefix) every worker writes to
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     variants: VariantsConfig = field(default_factory=VariantsConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
