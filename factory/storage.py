@@ -245,7 +245,7 @@ class FsspecStore(Store):
         scheme = self.location.split("::")[-1].split("://", 1)[0]
         try:
             import fsspec
-        except ImportError as e:  # pragma: no cover - fsspec comes with torch and datasets
+        except ImportError as e:  # pragma: no cover - a declared dependency (pyproject.toml)
             raise StorageError(f"{uri}: fsspec is not installed (fix: pip install fsspec)") from e
         try:
             self.fs, root = fsspec.core.url_to_fs(self.location, **self.options)
@@ -315,6 +315,7 @@ class FsspecStore(Store):
 
     @contextmanager
     def staged(self, name: str) -> Iterator[Path]:
+        # in the local temporary folder: a worker killed mid-write leaves it there, never in the store
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name.rsplit('/', 1)[-1]}.tmp-")
         os.close(fd)
         tmp = Path(tmp_name)
