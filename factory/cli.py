@@ -53,6 +53,7 @@ EXPECTED_ERRORS = (
     "factory.layout.backbones.LayoutError",
     "factory.layout.store.LayoutStoreError",
     "factory.conditions.base.ConditionError",
+    "factory.storage.StorageError",
 )
 
 EXIT_ERROR = 2

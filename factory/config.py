@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, cast, get_args, 
 
 import yaml
 
+from factory.storage import is_uri
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -107,6 +109,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not str(value).strip():
             # Path("") is ".": an empty value would silently mean the current folder
             raise ConfigError(f"{where}: empty path (fix: give a path, or null where the field allows none)")
+        if isinstance(value, str) and is_uri(value):
+            # Path("s3://b/x") is "s3:/b/x": a URI would silently become a wrong local path
+            raise ConfigError(
+                f"{where}: {value!r} is a URI, and this field takes a local path (fix: a local or mounted "
+                "folder)"
+            )
         return Path(value)
     raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
 

@@ -84,12 +84,22 @@ def save_grid(
 ) -> Path:
     """``grid(rows, col_labels, row_labels, **kwargs)`` written to ``path`` as a PNG, atomically."""
     path = Path(path)
+    atomic_write_bytes(path, grid_png(rows, col_labels, row_labels, **kwargs))
+    return path
+
+
+def grid_png(
+    rows: Sequence[Sequence[np.ndarray]],
+    col_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    **kwargs,
+) -> bytes:
+    """``grid(rows, col_labels, row_labels, **kwargs)`` as PNG bytes (to put in any store)."""
     canvas = grid(rows, col_labels, row_labels, **kwargs)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise RuntimeError(f"could not encode {path}")
-    atomic_write_bytes(path, buf.tobytes())
-    return path
+        raise RuntimeError(f"could not encode a {canvas.shape} grid as PNG")
+    return buf.tobytes()
 
 
 def condition_to_rgb(cond: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -112,4 +122,4 @@ def condition_to_rgb(cond: torch.Tensor | np.ndarray) -> np.ndarray:
     return (c.transpose(1, 2, 0) * 255).round().astype(np.uint8)
 
 
-__all__ = ["condition_to_rgb", "grid", "save_grid"]
+__all__ = ["condition_to_rgb", "grid", "grid_png", "save_grid"]

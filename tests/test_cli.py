@@ -86,7 +86,7 @@ def test_help_lists_nested_config_fields_with_types_defaults_and_docs():
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     for line in [
-        "  out: Path (required)",
+        "  out: Path | str (required)",  # a local folder or an fsspec URI
         "  synth.steps: int = 20",
         "  dataset.root: Path = data/procedural/cityscapes",
         "  variants.sets: list[str] = [fog, rain, snow, night]",

@@ -15,7 +15,9 @@ every reader (factory.data.shards, downstream.segformer.shards) take the suffixe
   when the job has a judge (``quality.segmenter``).
 
 ``read_shard_samples`` iterates the raw members with stock webdataset, so the format is read
-the way anyone else's tools would read it.
+the way anyone else's tools would read it. A shard may also be an fsspec URI (``s3://...``):
+webdataset 1.0.2 opens no s3:// itself, so such a shard is opened with fsspec
+(factory.storage) and handed to webdataset's own tar expander and key grouping.
 
 A shard is a plain (uncompressed) ustar tar: readers seek to a member's bytes, and check every
 member's size in its header before reading it (``MAX_MEMBER_BYTES``). A compressed file named
@@ -26,7 +28,7 @@ bytes (``compression_of``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -87,18 +89,39 @@ def split_member(name: str) -> tuple[str, str]:
     return key, suffix
 
 
-def read_shard_samples(paths: Sequence[str | Path]) -> Iterator[dict[str, Any]]:
+def read_shard_samples(
+    paths: Sequence[str | Path], storage_options: Mapping[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
     """Iterate raw samples of our shards with stock ``webdataset.WebDataset`` (no decoding).
 
     Each item is webdataset's dict: ``__key__``, ``__url__`` and one ``bytes`` value per member
-    suffix (``png``, ``labelids.png``, ``json``, ...).
+    suffix (``png``, ``labelids.png``, ``json``, ...). A path may be an fsspec URI
+    (``storage_options`` go to fsspec).
     """
     import webdataset as wds
+
+    from factory.storage import is_uri
 
     urls = [str(p) for p in paths]
     if not urls:
         return iter(())
-    return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    if not any(is_uri(u) for u in urls):
+        return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    return _read_uris(urls, storage_options)
+
+
+def _read_uris(urls: Sequence[str], storage_options: Mapping[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """What ``wds.WebDataset`` does for a list of URLs, with fsspec opening each one."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    from factory.storage import open_location
+
+    def opened() -> Iterator[dict[str, Any]]:
+        for url in urls:
+            with open_location(url, storage_options) as stream:
+                yield {"url": url, "stream": stream}
+
+    return group_by_keys(tar_file_expander(opened()))
 
 
 __all__ = [

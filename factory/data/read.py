@@ -12,7 +12,9 @@ warning. Here each member is decoded as what it is (docs/shards.md lists them):
 - a member this module does not know -> its bytes, unchanged.
 
 Members are read by stock webdataset (``factory.data.members.read_shard_samples``), so this
-module adds decoding only. Each shard is checked first, like every other reader of ours
+module adds decoding only. A shard may be a local path or an fsspec URI (``s3://bucket/run/
+shards/shard-000000.tar``; ``storage_options`` go to fsspec, credentials come from the
+environment as for the job that wrote it). Each shard is checked first, like every other reader of ours
 (``factory.data.shards``): a compressed file named ``.tar``, a truncated tar or a member whose
 header declares more than ``max_member_bytes`` is refused before webdataset reads it.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +79,21 @@ def decode_member(suffix: str, data: bytes, where: str = "") -> Any:
 
 
 def iter_samples(
-    paths: Sequence[str | Path], *, max_member_bytes: int = MAX_MEMBER_BYTES
+    paths: Sequence[str | Path],
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Every sample of the (local) shards ``paths``, in order, decoded.
+    """Every sample of the shards ``paths`` (local paths or fsspec URIs), in order, decoded.
 
     Each item is webdataset's dict with decoded values: ``__key__``, ``__url__`` and one entry
     per member suffix (``png``, ``labelids.png``, ``instanceids.png``, ``json``, ...).
     """
     for path in paths:
-        check_plain_tar(path)
-        check_complete(Path(path))
-        check_member_sizes(path, max_member_bytes)
-        for raw in read_shard_samples([path]):
+        check_plain_tar(path, storage_options)
+        check_complete(path, storage_options)
+        check_member_sizes(path, max_member_bytes, storage_options)
+        for raw in read_shard_samples([path], storage_options):
             key = raw["__key__"]
             sample: dict[str, Any] = {"__key__": key, "__url__": str(path)}
             for suffix, data in raw.items():

@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +49,7 @@ from factory.data.members import (
     read_shard_samples,
 )
 from factory.data.sample import BadSample, DataError, ReadResult, SampleRef, check_key
+from factory.storage import location_size, open_location
 
 OnError = Literal["raise", "skip"]
 _FIX = "re-write the shard (rerun the job that made it; only complete shards are renamed to .tar)"
@@ -67,29 +69,31 @@ def shard_paths(root: str | Path, split: str) -> list[Path]:
     return paths
 
 
-def check_complete(path: Path) -> None:
+def check_complete(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
     """A tar ends with two zero blocks; a shard cut short (copy interrupted, disk full) does not.
 
     webdataset reads a truncated tar without complaint, up to where it was cut, so this is the
-    only way to notice samples missing at the end.
+    only way to notice samples missing at the end. ``path`` may be an fsspec URI.
     """
-    size = path.stat().st_size
+    size = location_size(path, storage_options)
+    if size is None:
+        raise DataError(path, "shard does not exist", _FIX)
     if size < 1024 or size % 512:
         raise DataError(path, f"truncated tar ({size} bytes, not whole 512-byte blocks)", _FIX)
-    with open(path, "rb") as f:
+    with open_location(path, storage_options) as f:
         f.seek(size - 1024)
         if f.read(1024).strip(b"\0"):
             raise DataError(path, "truncated tar (no end-of-archive marker)", _FIX)
 
 
-def check_plain_tar(path: str | Path) -> None:
+def check_plain_tar(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
     """Refuse a file that is not an uncompressed tar before anything inflates or reads it.
 
     The first 512-byte header of a plain tar carries ``ustar`` at byte 257 (an empty tar is
     zeros); a compressed file starts with its format's magic instead (factory.data.members).
     The tar magic is looked at first: a member name may begin like a compression magic.
     """
-    with open(path, "rb") as f:
+    with open_location(path, storage_options) as f:
         head = f.read(512)
     if head[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
         return
@@ -117,9 +121,11 @@ def check_member_size(path: str | Path, name: str, size: int, max_member_bytes: 
         )
 
 
-def check_member_sizes(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+def check_member_sizes(
+    path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES, storage_options: Mapping[str, Any] | None = None
+) -> None:
     """``check_member_size`` for every member, from the tar headers alone (data is skipped)."""
-    with tarfile.open(path, "r:") as tar:
+    with open_location(path, storage_options) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for m in tar:
             check_member_size(path, m.name, m.size, max_member_bytes)
 

@@ -233,7 +233,7 @@ class LayoutStage(_BackboneStage):
         for r in rows:
             if r.status == "ok":
                 r.checksums = written[r.key].checksums
-        Manifest(self.cfg.out / "manifest").write_part(shard, rows)
+        Manifest(self.cfg.out / "manifest").write_part(shard, rows, tar_bytes=writer.size)
         return dict(counts)
 
     def _row(self, key: str, shard: str, status: str, reason: str, seconds: float = 0.0) -> ManifestRow:

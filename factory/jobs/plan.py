@@ -10,7 +10,9 @@ Both jobs have one shape, named here:
    verifiably complete (``verify_shard``) are skipped; anything else is redone from scratch;
 4. an executor (``factory.jobs.executors``) runs the stage over what is left.
 
-The driver holds the output folder's lock (``factory.jobs.lock``) around all of it.
+The driver holds the output folder's lock (``factory.jobs.lock``) around all of it. The output
+is a ``factory.storage.Store``: a local folder or a prefix on an object store (``s3://...``);
+every function here takes either, or a path / URI.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from factory.atomic import atomic_write_bytes, digest
+from factory.atomic import digest
 from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.members import member_name
 from factory.data.sample import SampleRef, check_key
 from factory.jobs.stage import ShardTask
 from factory.shards import Manifest, remove_stale_temporaries
+from factory.storage import Location, Store, open_store
 
 ResumeCheck = Literal["checksums", "members"]
 
@@ -87,17 +90,18 @@ class PlanMismatch(RuntimeError):
     """The output folder was planned with other inputs or settings (resuming would mix jobs)."""
 
 
-def check_plan(out: Path, fingerprint: dict[str, Any]) -> None:
+def check_plan(out: Store | Location, fingerprint: dict[str, Any]) -> None:
     """Refuse to resume into an output folder that was planned with different inputs/settings.
 
     Shard contents are defined by the plan; mixing two plans in one folder would break
     "exactly one sample per (reference, variant)". The first run writes ``plan.json``.
     """
-    path = out / "plan.json"
+    store = open_store(out)
+    path = store.where("plan.json")
     text = json.dumps(fingerprint, sort_keys=True, indent=1)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != json.loads(text) and not _produced_anything(out):
+    if store.size("plan.json") is not None:
+        old = json.loads(store.read_bytes("plan.json"))
+        if old != json.loads(text) and not _produced_anything(store):
             # e.g. a run whose workers could not load their models: nothing to protect
             log.warning("%s: replacing the plan of a run that produced nothing", path)
         elif old != json.loads(text):
@@ -108,16 +112,22 @@ def check_plan(out: Path, fingerprint: dict[str, Any]) -> None:
                 "original config)"
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, text.encode())
+    store.put_bytes("plan.json", text.encode())
 
 
-def _produced_anything(out: Path) -> bool:
+def _produced_anything(out: Store) -> bool:
     """Whether a folder holds any committed output (a manifest part or a shard)."""
-    return bool(Manifest(out / "manifest").parts()) or any((out / "shards").glob("*.tar"))
+    return bool(Manifest(out.child("manifest")).parts()) or any(
+        n.endswith(".tar") for n in out.listdir("shards")
+    )
 
 
-def verify_shard(out: Path, task: ShardTask, check: ResumeCheck = "checksums") -> str:
+# read-ahead of a remote tar when only its headers are read ("members"): a header is 512 bytes,
+# so a small block costs one short ranged GET per member instead of fetching the data
+_HEADER_BLOCK = 64 * 1024
+
+
+def verify_shard(out: Store | Location, task: ShardTask, check: ResumeCheck = "checksums") -> str:
     """Why shard ``task`` is not verifiably complete in ``out``; "" when it is.
 
     Complete means: its manifest part parses, has a final row for every item the plan puts in
@@ -129,50 +139,65 @@ def verify_shard(out: Path, task: ShardTask, check: ResumeCheck = "checksums") -
     Cost: "members" reads the tar headers only (one 512-byte block per member); "checksums"
     reads every byte of the shard once (sha256 runs at ~1-2 GB/s per core; the driver checks
     shards in parallel threads, so the scan is bounded by the disk: docs/reliability.md).
+
+    On an object store each header read is a round trip (one short ranged GET per member), so
+    the tar's size - one metadata request - is compared first with the size its part records
+    (``TAR_BYTES``): a cut or replaced tar is redone without reading it. A local disk reads
+    the headers about as cheaply as it answers the size, so there the member check decides.
     """
-    part = Manifest(out / "manifest").part_path(task.name)
-    tar_path = out / "shards" / f"{task.name}.tar"
+    store = open_store(out)
+    manifest = Manifest(store.child("manifest"))
+    part_name = manifest.part_name(task.name)
+    tar_name = f"{task.name}.tar"
+    shards = store.child("shards")
     try:
-        rows = Manifest.read_part(part)
+        rows, recorded_bytes = manifest.read_rows(task.name)
     except Exception as e:  # pyarrow raises several types for a damaged file
-        return f"manifest part {part.name} is unreadable ({type(e).__name__}: {e})"
+        return f"manifest part {part_name} is unreadable ({type(e).__name__}: {e})"
     planned = {item.key for item in task.items}
     listed = {r["key"] for r in rows}
     if listed != planned:
         return (
-            f"manifest part {part.name} lists {len(listed & planned)} of the {len(planned)} planned samples"
+            f"manifest part {part_name} lists {len(listed & planned)} of the {len(planned)} planned samples"
             + (f" and {len(listed - planned)} that are not in the plan" if listed - planned else "")
         )
     others = {r["shard"] for r in rows} - {task.name}
     if others:
-        return f"manifest part {part.name} has rows of shard {sorted(others)[0]}"
+        return f"manifest part {part_name} has rows of shard {sorted(others)[0]}"
     expected = {
         member_name(r["key"], suffix): sha
         for r in rows
         if r["status"] == "ok"
         for suffix, sha in r["checksums"].items()
     }
-    if not tar_path.is_file():
-        return f"{tar_path.name} is missing"
+    size = shards.size(tar_name)
+    if size is None:
+        return f"{tar_name} is missing"
+    remote = store.local_path() is None
+    if remote and recorded_bytes is not None and size != recorded_bytes:
+        return (
+            f"{tar_name} is {size} bytes, its manifest part records {recorded_bytes} (cut short or replaced)"
+        )
     found: dict[str, str] = {}
+    block = _HEADER_BLOCK if remote and check == "members" else None
     try:
         # "r:" = uncompressed only: a compressed file under a .tar name is not ours
-        with tarfile.open(tar_path, mode="r:") as tar:
+        with shards.open(tar_name, block_size=block) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
                 if not member.isfile():
-                    return f"{tar_path.name} holds {member.name}, which is not a regular file"
+                    return f"{tar_name} holds {member.name}, which is not a regular file"
                 found[member.name] = _member_sha256(tar, member) if check == "checksums" else ""
     except (tarfile.TarError, OSError, EOFError) as e:
-        return f"{tar_path.name} is unreadable (truncated?): {e}"
+        return f"{tar_name} is unreadable (truncated?): {e}"
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or extra:
-        return f"{tar_path.name} holds {len(found)} members, its manifest part lists {len(expected)}" + (
+        return f"{tar_name} holds {len(found)} members, its manifest part lists {len(expected)}" + (
             f" (missing {missing[0]})" if missing else f" (unexpected {extra[0]})"
         )
     if check == "checksums":
         bad = sorted(name for name, sha in expected.items() if found[name] != sha)
         if bad:
-            return f"{tar_path.name}: {len(bad)} member(s) differ from their recorded sha256, e.g. {bad[0]}"
+            return f"{tar_name}: {len(bad)} member(s) differ from their recorded sha256, e.g. {bad[0]}"
     return ""
 
 
@@ -195,7 +220,7 @@ class OutputPlan:
     """Where a job stands: every shard of the plan, the ones still to do, and the shards that
     looked done but did not verify (name -> why; they are in ``todo`` too)."""
 
-    out: Path
+    out: Location
     tasks: list[ShardTask]
     todo: list[ShardTask]
     redone: dict[str, str] = field(default_factory=dict)
@@ -206,7 +231,7 @@ class OutputPlan:
 
 
 def prepare_output(
-    out: Path,
+    out: Store | Location,
     fingerprint: dict[str, Any],
     tasks: Sequence[ShardTask],
     check: ResumeCheck = "checksums",
@@ -218,23 +243,26 @@ def prepare_output(
     not verify has its part removed first (the part is the completion mark, so the folder never
     claims a shard it does not hold) and is redone; the job logs which and why.
     """
-    check_plan(out, fingerprint)
-    manifest = Manifest(out / "manifest")
-    for folder in (out / "shards", manifest.folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(folder)
+    store = open_store(out)
+    check_plan(store, fingerprint)
+    manifest = Manifest(store.child("manifest"))
+    local = store.local_path()
+    if local is not None:  # an object store holds no temporaries (factory.storage)
+        for folder in (local / "shards", local / "manifest"):
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(folder)
     marked = manifest.done_shards()
     candidates = [t for t in tasks if t.name in marked]
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="verify") as pool:
-        reasons = list(pool.map(lambda t: verify_shard(out, t, check), candidates))
+        reasons = list(pool.map(lambda t: verify_shard(store, t, check), candidates))
     redone = {t.name: why for t, why in zip(candidates, reasons) if why}
     for name, why in sorted(redone.items()):
         log.warning("shard %s will be redone: %s", name, why)
-        manifest.part_path(name).unlink(missing_ok=True)
+        manifest.remove_part(name)
     done = {t.name for t in candidates} - set(redone)
     todo = [t for t in tasks if t.name not in done]
     log.info("%d shards planned; %d already done (verified: %s)", len(tasks), len(done), check)
-    return OutputPlan(out, list(tasks), todo, redone)
+    return OutputPlan(local if local is not None else store.location, list(tasks), todo, redone)
 
 
 __all__ = [

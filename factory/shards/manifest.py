@@ -7,6 +7,10 @@ shard is complete", a rerun can trust it, and nothing is ever appended to a shar
 A shard redone by a rerun replaces its part (same name), so there is exactly one part per shard.
 A rerun does not take a part on trust: ``factory.jobs.plan.verify_shard`` checks it against the
 tar (members and checksums) before the shard is skipped.
+
+The folder is a ``factory.storage.Store``: a local folder (temporary name + rename) or a prefix
+on an object store (one PUT per part, which is atomic there). A part records the size of its
+tar in its Parquet metadata (``TAR_BYTES``), a check that costs no read of the tar.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.atomic import atomic_write_bytes
 from factory.data.sample import check_key
 from factory.shards.writer import remove_stale_temporaries
+from factory.storage import Store, open_store
 
 Status = Literal["ok", "rejected", "failed"]
 STATUSES = ("ok", "rejected", "failed")
+TAR_BYTES = b"lumen.tar_bytes"  # Parquet key-value metadata of a part: its shard's size in bytes
 
 
 @dataclass
@@ -82,58 +87,74 @@ def rows_to_table(rows: Iterable[ManifestRow]) -> pa.Table:
 
 
 class Manifest:
-    """A folder of Parquet parts (``<shard>.parquet``); read as one table."""
+    """A folder of Parquet parts (``<shard>.parquet``); read as one table.
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    ``folder``: a local folder, an fsspec URI, or a ``factory.storage.Store``.
+    """
+
+    def __init__(self, folder: str | Path | Store):
+        self.store = open_store(folder)
+        self.folder = self.store.local_path()  # None on an object store
+
+    @staticmethod
+    def part_name(shard: str) -> str:
+        return f"{Path(shard).stem}.parquet"
 
     def part_path(self, shard: str) -> Path:
-        return self.folder / f"{Path(shard).stem}.parquet"
+        """The local file of a shard's part (a local manifest only; see ``read_rows``)."""
+        if self.folder is None:
+            raise ValueError(f"{self.store.location} is not a local folder: read its parts with read_rows")
+        return self.folder / self.part_name(shard)
 
-    def write_part(self, shard: str, rows: Iterable[ManifestRow]) -> Path:
-        """Atomically write (or replace) the rows of one shard."""
+    def write_part(self, shard: str, rows: Iterable[ManifestRow], tar_bytes: int | None = None) -> str:
+        """Atomically write (or replace) the rows of one shard; ``tar_bytes``: the size of the
+        shard's tar, recorded in the part's metadata. Returns where the part is."""
         table = rows_to_table(rows)
         bad = [s for s in table.column("shard").to_pylist() if s != shard]
         if bad:
             raise ValueError(f"rows of shard {shard} name another shard: {bad[0]}")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if tar_bytes is not None:
+            table = table.replace_schema_metadata({TAR_BYTES: str(tar_bytes).encode()})
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        path = self.part_path(shard)
-        atomic_write_bytes(path, buf.getvalue())
-        return path
+        name = self.part_name(shard)
+        self.store.put_bytes(name, buf.getvalue())
+        return self.store.where(name)
 
-    def parts(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.glob("*.parquet") if not p.name.startswith("."))
+    def parts(self) -> list[str]:
+        """The names of the committed parts (``shard-000000.parquet``, ...), sorted."""
+        return [n for n in self.store.listdir() if n.endswith(".parquet") and not n.startswith(".")]
 
     def done_shards(self) -> set[str]:
         """Shards whose part is committed (the part is written after the shard is renamed)."""
-        return {p.stem for p in self.parts()}
+        return {Path(n).stem for n in self.parts()}
+
+    def read_rows(self, shard: str) -> tuple[list[dict], int | None]:
+        """One shard's rows as dicts (``checksums``/``timings`` parsed) and the tar size its part
+        records (None in parts written before it was recorded); raises on a damaged file."""
+        with self.store.open(self.part_name(shard)) as f:
+            table = pq.read_table(f)
+        recorded = (table.schema.metadata or {}).get(TAR_BYTES)
+        return _parse(table.cast(SCHEMA).to_pylist()), int(recorded) if recorded is not None else None
 
     @staticmethod
     def read_part(path: str | Path) -> list[dict]:
         """One part's rows as dicts (``checksums``/``timings`` parsed); raises on a damaged file."""
-        rows = pq.read_table(path, schema=SCHEMA).to_pylist()
-        for r in rows:
-            r["checksums"] = json.loads(r["checksums"])
-            r["timings"] = json.loads(r["timings"])
-        return rows
+        return _parse(pq.read_table(path, schema=SCHEMA).to_pylist())
 
     def read(self) -> pa.Table:
         parts = self.parts()
         if not parts:
             return SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
+        tables = []
+        for name in parts:
+            with self.store.open(name) as f:
+                tables.append(pq.read_table(f, schema=SCHEMA))
+        return pa.concat_tables(tables)
 
     def rows(self) -> list[dict]:
         """All rows as dicts, with ``checksums``/``timings`` parsed back from JSON."""
-        out = self.read().to_pylist()
-        for r in out:
-            r["checksums"] = json.loads(r["checksums"])
-            r["timings"] = json.loads(r["timings"])
-        return out
+        return _parse(self.read().to_pylist())
 
     def done_keys(self) -> set[str]:
         """Keys whose final status is recorded in a committed part (ok, rejected or failed).
@@ -150,8 +171,19 @@ class Manifest:
         status = table.column("status").to_pylist()
         return {k for k, s in zip(keys, status) if s == "ok"}
 
+    def remove_part(self, shard: str) -> None:
+        self.store.remove(self.part_name(shard))
+
     def remove_stale_temporaries(self) -> list[Path]:
-        return remove_stale_temporaries(self.folder)
+        """Leftovers of killed writers (local folders only: nothing temporary goes to an object store)."""
+        return remove_stale_temporaries(self.folder) if self.folder is not None else []
 
 
-__all__ = ["SCHEMA", "STATUSES", "Manifest", "ManifestRow", "rows_to_table"]
+def _parse(rows: list[dict]) -> list[dict]:
+    for r in rows:
+        r["checksums"] = json.loads(r["checksums"])
+        r["timings"] = json.loads(r["timings"])
+    return rows
+
+
+__all__ = ["SCHEMA", "STATUSES", "TAR_BYTES", "Manifest", "ManifestRow", "rows_to_table"]

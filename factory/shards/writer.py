@@ -1,9 +1,11 @@
 """Webdataset shard writing: one tar per shard, written atomically, labels copied byte for byte.
 
 Why this shape:
-- A shard is the unit of resume. It is written under a temporary name in the same folder,
-  fsynced, then ``os.replace``d to its final name and the folder fsynced (factory.atomic), so a
-  crash leaves either a complete shard or no shard, never a truncated one a reader would accept.
+- A shard is the unit of resume. It is written to a temporary file and only then becomes the
+  shard (``factory.storage.Store.staged``): in a local folder a hidden temporary name in the same
+  folder, fsynced, ``os.replace``d to its final name and the folder fsynced; on an object store
+  a local temporary file uploaded to its final key in one PUT. Either way a crash leaves a
+  complete shard or no shard, never a truncated one a reader would accept.
 - Label files are the reference's own bytes (DESIGN.md): never decoded and re-encoded, so a
   synthetic sample's labels are exactly the reference's.
 - Image encoding (PNG of 512x1024: 85-220 ms on one core) runs in a thread pool: OpenCV
@@ -27,10 +29,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from factory.atomic import fsync_dir, sha256
+from factory.atomic import sha256
 from factory.config import check
 from factory.data.members import GENERATED_MEMBERS, LABEL_MEMBERS, META_MEMBER, ImageFormat, member_name
 from factory.data.sample import DataError, SampleRef, check_key
+from factory.storage import LocalStore, Store
 
 
 @dataclass
@@ -106,14 +109,26 @@ class ShardWriter:
     ``add`` returns at once: the image is encoded on ``pool`` (shared between writers so the
     number of encoding threads stays bounded). Samples are written in the order they were
     added, so the same inputs give a byte-identical tar.
+
+    ``path`` is a local file, or with ``store`` (factory.storage) a name in that store (a job's
+    ``shards`` folder, local or on an object store). ``size`` is the tar's size once closed.
     """
 
     def __init__(
-        self, path: str | Path, cfg: ShardConfig | None = None, pool: ThreadPoolExecutor | None = None
+        self,
+        path: str | Path,
+        cfg: ShardConfig | None = None,
+        pool: ThreadPoolExecutor | None = None,
+        *,
+        store: Store | None = None,
     ):
-        self.path = Path(path)
-        if not self.path.name.endswith(".tar"):
+        if store is None:
+            store, path = LocalStore(Path(path).parent), Path(path).name
+        self.store, self.name = store, str(path)
+        self.path = store.where(self.name)  # for messages: a local path or a URI
+        if not self.name.endswith(".tar"):
             raise ValueError(f"shard path {self.path} must end with .tar")
+        self.size = 0
         self.cfg = cfg or ShardConfig()
         self._own_pool = pool is None
         self._pool = pool or ThreadPoolExecutor(self.cfg.encode_threads, thread_name_prefix="encode")
@@ -166,15 +181,14 @@ class ShardWriter:
         return len(self._pending)
 
     def close(self) -> list[WrittenSample]:
-        """Wait for encoding, write the tar to a temporary name, fsync, rename. Returns checksums."""
+        """Wait for encoding, write the tar to a temporary file, fsync, commit it (a rename, or
+        an upload). Returns checksums."""
         if self._closed:
             raise RuntimeError(f"shard {self.path} is already closed")
         self._closed = True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         written: list[WrittenSample] = []
         try:
-            with open(tmp, "wb") as f:
+            with self.store.staged(self.name) as tmp, open(tmp, "wb") as f:
                 with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                     for key, fut, label_bytes, meta_bytes in self._pending:
                         if fut is None:  # add_members: written as given
@@ -192,11 +206,8 @@ class ShardWriter:
                         written.append(sample)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
+                self.size = f.tell()
         finally:
-            if tmp.exists():
-                tmp.unlink()
             if self._own_pool:
                 self._pool.shutdown(wait=True)
         return written

@@ -83,9 +83,9 @@ def test_contact_sheet_reads_only_the_shards_it_shows(city_root, tmp_path, monke
     read: list[str] = []
     real = members.read_shard_samples
 
-    def counting(paths):
+    def counting(paths, **kwargs):
         read.extend(Path(p).name for p in paths)
-        return real(paths)
+        return real(paths, **kwargs)
 
     monkeypatch.setattr(members, "read_shard_samples", counting)
     out = tmp_path / "out"

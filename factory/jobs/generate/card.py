@@ -1,37 +1,39 @@
-"""The generation job's report: the dataset card (markdown + JSON) and a contact sheet."""
+"""The generation job's report: the dataset card (markdown + JSON) and a contact sheet.
+
+Both are written into the job's output store (factory.storage: a local folder or an object
+store) in one atomic write each.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from factory.atomic import atomic_write_bytes, atomic_write_text
 from factory.config import to_dict
 from factory.data.sample import DataError, SampleRef
 from factory.jobs.generate.config import GenerateConfig
 from factory.shards import Manifest
+from factory.storage import Store, redact
 from factory.synth.variants import Variant, synthetic_key
 
 
-def previous_accounting(out: Path) -> dict[str, Any] | None:
+def previous_accounting(out: Store) -> dict[str, Any] | None:
     """The compute accounting an earlier run of this folder recorded in its card (a run that
     finds every shard done starts no worker and keeps it)."""
-    path = out / "card.json"
-    if not path.is_file():
+    if out.size("card.json") is None:
         return None
     try:
-        return json.loads(path.read_text()).get("accounting")
+        return json.loads(out.read_bytes("card.json")).get("accounting")
     except json.JSONDecodeError:
         return None
 
 
 def write_card(
-    out: Path,
+    out: Store,
     cfg: GenerateConfig,
     variants: Sequence[Variant],
     manifest: Manifest,
@@ -52,8 +54,10 @@ def write_card(
     resource = accounting.get("num_gpus") or accounting.get("num_cpus") or 1.0
     device = "GPU" if accounting.get("kind") == "gpu" else "CPU"
     per_sample = synth_s * resource / accepted if accepted else None
+    config = to_dict(cfg)
+    config["storage_options"] = redact(cfg.storage_options)  # credentials never go in a card
     card = {
-        "out": str(out),
+        "out": out.location,
         "samples": {"accepted": accepted, "final": len(final), "attempts": len(rows)},
         "per_variant": {v.name: dict(per_variant.get(v.name, {})) for v in variants},
         "not_accepted_reasons": dict(reasons.most_common()),
@@ -62,13 +66,13 @@ def write_card(
         "variants": [
             {"name": v.name, "prompt": v.prompt, "negative_prompt": v.negative_prompt} for v in variants
         ],
-        "config": to_dict(cfg),
+        "config": config,
     }
-    atomic_write_bytes(out / "card.json", json.dumps(card, indent=1, sort_keys=True, default=str).encode())
+    out.put_bytes("card.json", json.dumps(card, indent=1, sort_keys=True, default=str).encode())
     lines = [
         "# Synthetic dataset card",
         "",
-        f"Output: `{out}`  ",
+        f"Output: `{out.location}`  ",
         f"Accepted samples: {accepted} of {len(final)} (attempts: {len(rows)})  ",
         f"{device}-seconds per accepted sample: "
         + (f"{per_sample:.3f}" if per_sample is not None else "n/a"),
@@ -81,17 +85,17 @@ def write_card(
         lines.append(f"| {v.name} | {v.prompt} | {c['ok']} | {c['rejected']} | {c['failed']} |")
     lines += ["", "## Not accepted: reasons", ""]
     lines += [f"- {n} x {reason}" for reason, n in reasons.most_common()] or ["- none"]
-    atomic_write_text(out / "card.md", "\n".join(lines) + "\n")
+    out.put_bytes("card.md", ("\n".join(lines) + "\n").encode())
     return card
 
 
 def write_contact_sheet(
-    out: Path,
+    out: Store,
     refs: Sequence[SampleRef],
     variants: Sequence[Variant],
     previews: dict[str, np.ndarray],
     manifest: Manifest,
-) -> Path | None:
+) -> str | None:
     """reference | condition | variant 1 | ... per row, with column headers.
 
     Only the shards that hold the pictured samples are read (the manifest says which), so the
@@ -100,15 +104,15 @@ def write_contact_sheet(
     import cv2
 
     from factory.data.members import IMAGE_SUFFIXES, read_shard_samples
-    from factory.viz import save_grid
+    from factory.viz import grid_png
 
     if not refs:
         return None
     wanted = {synthetic_key(r.key, v.name) for r in refs for v in variants}
     shards = sorted({r["shard"] for r in manifest.rows() if r["key"] in wanted and r["status"] == "ok"})
     found: dict[str, np.ndarray] = {}
-    paths = [out / "shards" / f"{s}.tar" for s in shards if (out / "shards" / f"{s}.tar").is_file()]
-    for s in read_shard_samples(paths):
+    paths = [out.where(f"shards/{s}.tar") for s in shards if out.size(f"shards/{s}.tar") is not None]
+    for s in read_shard_samples(paths, storage_options=out.options):
         if s["__key__"] in wanted:
             ext = next(e for e in IMAGE_SUFFIXES if e in s)
             bgr = cv2.imdecode(np.frombuffer(s[ext], np.uint8), cv2.IMREAD_COLOR)
@@ -131,7 +135,8 @@ def write_contact_sheet(
             [cv2.resize(np.ascontiguousarray(p), (w, h), interpolation=cv2.INTER_AREA) for p in panels]
         )
     headers = ["reference", "condition", *(v.name for v in variants)]
-    return save_grid(rows, out / "contact_sheet.png", col_labels=headers)
+    out.put_bytes("contact_sheet.png", grid_png(rows, col_labels=headers))
+    return out.where("contact_sheet.png")
 
 
 __all__ = ["previous_accounting", "write_card", "write_contact_sheet"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from factory.config import check
 from factory.data.datasets import DatasetConfig
@@ -11,6 +12,7 @@ from factory.jobs.executors import ExecutorKind, RayConfig
 from factory.jobs.plan import ResumeCheck
 from factory.quality import QualityConfig
 from factory.shards import ShardConfig
+from factory.storage import is_uri, location
 from factory.synth.seeds import SEED_BITS
 from factory.synth.synthesizer import SynthConfig
 from factory.synth.variants import VariantsConfig
@@ -53,9 +55,15 @@ class GenerateConfig:
       ``segmenter`` whose label-consistency score is recorded (and gated on with ``min_label_miou``).
     ``executor``: how the stage runs (factory.jobs.executors): a Ray actor pool, Ray Data, or in
       this process without Ray; the shards are the same whichever runs them.
+    ``out``: the job's folder (shards/, manifest/, plan.json, the dataset card): a local path,
+      or an fsspec URI (``s3://bucket/prefix``, ``gs://...``; factory.storage) that every worker
+      writes to.
+    ``storage_options``: passed to fsspec for a URI ``out`` (e.g. ``endpoint_url`` of an
+      S3-compatible server); credentials belong in the environment (cluster/README.md), and
+      secret-looking options are redacted from the dataset card.
     """
 
-    out: Path  # the job's folder: shards/, manifest/, plan.json, the dataset card
+    out: Path | str  # a local folder, or an fsspec URI (s3://bucket/prefix) every worker writes to
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     variants: VariantsConfig = field(default_factory=VariantsConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -75,8 +83,20 @@ class GenerateConfig:
     # how a rerun verifies the shards it skips (factory.jobs.plan.verify_shard): "checksums"
     # reads every byte once; "members" reads the tar headers only
     resume_check: ResumeCheck = "checksums"
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check(
+            bool(str(self.out).strip()),
+            "out",
+            "empty path (fix: a folder, or an fsspec URI such as s3://b/run)",
+        )
+        self.out = location(self.out)  # a str that is not a URI is a local path
+        check(
+            not self.storage_options or is_uri(self.out),
+            "storage_options",
+            f"apply to an fsspec URI out (s3://...), and out={self.out} is a local path (fix: drop them)",
+        )
         # per-sample seeds and torch generators are signed 64-bit (factory.synth.seeds)
         check(0 <= self.seed < 2**SEED_BITS, "seed", f"must be in 0..2**{SEED_BITS}-1, got {self.seed}")
         check(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")

@@ -13,23 +13,23 @@ import os
 import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from factory.data.sample import Sample
 from factory.jobs.generate.config import FaultsConfig
+from factory.storage import Store
 from factory.synth.synthesizer import SynthOutput, WorkItem
 
 
 class FaultDrill:
     """``synth`` with the configured faults injected; everything else passes through."""
 
-    def __init__(self, synth: Any, faults: FaultsConfig, out: Path):
+    def __init__(self, synth: Any, faults: FaultsConfig, out: Store):
         self.synth = synth
         self.faults = faults
-        self.marker = out / ".fault-killed"
+        self.out = out
         self.items_seen = 0
 
     def __getattr__(self, name: str) -> Any:  # signature, preview, needs_labels, ...
@@ -61,17 +61,13 @@ class FaultDrill:
         )
 
     def _maybe_die(self) -> None:
-        """SIGKILL this worker's own process once per output folder (the first to get here)."""
+        """SIGKILL this worker's own process once per output folder (the first to get here: the
+        marker ``<out>/.fault-killed`` is created exclusively)."""
         n = self.faults.kill_after_items
         if not n or self.items_seen < n:
             return
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, f"{os.uname().nodename}:{os.getpid()}".encode())
-        os.close(fd)
-        os.kill(os.getpid(), signal.SIGKILL)
+        if self.out.create(".fault-killed", f"{os.uname().nodename}:{os.getpid()}".encode()):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 __all__ = ["FaultDrill"]

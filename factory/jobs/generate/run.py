@@ -11,6 +11,9 @@ Outline (each step a function call):
 3. Run ``GenerateStage`` on the configured executor (actor pool, Ray Data, in-process).
 4. Write the dataset card (markdown + JSON) and a contact sheet PNG.
 
+``out`` is a local folder or an fsspec URI (factory.storage); the lock, the plan, the stage and
+the card go through the same store, so the steps above read the same for both.
+
 Shards are byte-identical across reruns, worker counts and executors: items are assigned to
 shards by the plan, each sample has its own seed (``sample_seed``), tar headers are fixed, and
 the per-sample metadata holds no timings (they go to the manifest, which is per attempt).
@@ -39,11 +42,12 @@ from factory.jobs.generate.config import GenerateConfig
 from factory.jobs.generate.preflight import preflight
 from factory.jobs.generate.stage import GenerateStage, ShardResult, plan_items
 from factory.jobs.identity import content_identity, dataset_identity
-from factory.jobs.lock import OutputLock
+from factory.jobs.lock import output_lock
 from factory.jobs.plan import list_references, make_tasks, prepare_output
 from factory.jobs.stage import ShardTask
 from factory.jobs.workdir import check_uploaded_paths
 from factory.shards import Manifest
+from factory.storage import Location, Store, open_store
 from factory.synth.variants import Variant
 
 log = logging.getLogger("factory.jobs.generate")
@@ -51,7 +55,7 @@ log = logging.getLogger("factory.jobs.generate")
 
 @dataclass
 class JobSummary:
-    out: Path
+    out: Location  # a local folder (Path) or an fsspec URI (str)
     run_id: str
     shards_total: int
     shards_skipped: int
@@ -76,17 +80,19 @@ def run(cfg: GenerateConfig) -> JobSummary:
     check_uploaded_paths(
         cfg, folders=("synth.controlnet", "synth.base_model", "synth.condition.layout.model")
     )
-    out = cfg.out.resolve()
+    out = cfg.out.resolve() if isinstance(cfg.out, Path) else cfg.out
     cfg = dataclasses.replace(cfg, out=out)
+    store = open_store(out, cfg.storage_options)  # a missing s3fs is named here, before any work
     # 1. Validate what the config names before any work starts (and before Ray).
     cfg, variants = preflight(cfg)
     run_id = uuid.uuid4().hex[:12]
-    with OutputLock(out, job="generate", run_id=run_id):
-        return _run_locked(cfg, variants, run_id, t0)
+    with output_lock(store, job="generate", run_id=run_id):
+        return _run_locked(cfg, store, variants, run_id, t0)
 
 
-def _run_locked(cfg: GenerateConfig, variants: list[Variant], run_id: str, t0: float) -> JobSummary:
-    out = cfg.out
+def _run_locked(
+    cfg: GenerateConfig, out: Store, variants: list[Variant], run_id: str, t0: float
+) -> JobSummary:
     # 2. Plan.
     refs = list_references(cfg.dataset)
     if not refs:
@@ -116,7 +122,7 @@ def _run_locked(cfg: GenerateConfig, variants: list[Variant], run_id: str, t0: f
         "quality": digest(to_dict(cfg.quality)),  # thresholds decide which attempt is shipped
     }
     plan = prepare_output(out, fingerprint, make_tasks(items, cfg.samples_per_shard), cfg.resume_check)
-    manifest = Manifest(out / "manifest")
+    manifest = Manifest(out.child("manifest"))
 
     # 3. Run the stage.
     counts: Counter[str] = Counter()
@@ -145,7 +151,7 @@ def _run_locked(cfg: GenerateConfig, variants: list[Variant], run_id: str, t0: f
     card = write_card(out, cfg, variants, manifest, accounting)
     write_contact_sheet(out, refs[: cfg.contact_sheet_refs], variants, previews, manifest)
     return JobSummary(
-        out=out,
+        out=cfg.out,
         run_id=run_id,
         shards_total=len(plan.tasks),
         shards_skipped=plan.skipped,

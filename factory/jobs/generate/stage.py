@@ -3,8 +3,8 @@
 Ray-free (factory.jobs.stage): ``setup`` loads the synthesizer and the optional judges (the
 label-consistency segmenter, the weather classifier) once per worker; ``process_shard`` reads the references (each once per
 batch, the next batch in loader threads), synthesises, checks and retries rejected samples with
-new seeds (factory.quality), and commits the shard: the tar first (atomic rename), then its
-manifest part. Out of memory halves the worker's batch and retries the same items: each sample
+new seeds (factory.quality), and commits the shard: the tar first (an atomic rename, or one
+upload to an object store: factory.storage), then its manifest part. Out of memory halves the worker's batch and retries the same items: each sample
 has its own generator, so outputs do not depend on the batch.
 """
 
@@ -32,6 +32,7 @@ from factory.quality import QualityConfig, SampleResult, synthesize_with_retries
 from factory.quality.checks import to_uint8
 from factory.shards import Manifest, ManifestRow, ShardWriter, label_files
 from factory.shards.writer import encode_mask
+from factory.storage import open_store
 from factory.synth.seeds import sample_seed
 from factory.synth.synthesizer import SynthOutput, WorkItem
 from factory.synth.variants import Variant
@@ -94,12 +95,14 @@ class GenerateStage:
             torch.backends.cuda.matmul.allow_tf32 = True
         cfg = self.cfg
         self.worker = f"{os.uname().nodename}:{os.getpid()}"
-        self.manifest = Manifest(cfg.out / "manifest")
+        # built here, in the worker, from the config: a file system client is not shipped
+        self.store = open_store(cfg.out, cfg.storage_options)
+        self.manifest = Manifest(self.store.child("manifest"))
         self.encoder = ThreadPoolExecutor(cfg.shards.encode_threads, thread_name_prefix="encode")
         self.loader = ThreadPoolExecutor(cfg.load_threads, thread_name_prefix="load")
         self.synth = build_synthesizer(cfg)
         if cfg.faults.active:
-            self.synth = FaultDrill(self.synth, cfg.faults, cfg.out)
+            self.synth = FaultDrill(self.synth, cfg.faults, self.store)
         signature = getattr(self.synth, "signature", None)
         self.signature = _plain(signature()) if callable(signature) else {"synthesizer": cfg.synthesizer}
         self.segmenter = load_segmenter(cfg.quality)
@@ -183,7 +186,7 @@ class GenerateStage:
         """Synthesise a shard's items (retrying rejected ones with new seeds), write tar + part."""
         shard = task.name
         rows: list[ManifestRow] = []
-        writer = ShardWriter(self.cfg.out / "shards" / f"{shard}.tar", self.cfg.shards, self.encoder)
+        writer = ShardWriter(f"{shard}.tar", self.cfg.shards, self.encoder, store=self.store.child("shards"))
         counts: Counter[str] = Counter()
         busy = 0.0
         previews: dict[str, np.ndarray] = {}
@@ -224,12 +227,12 @@ class GenerateStage:
                 generated = {AGREE_MEMBER: encode_mask(agreement)} if agreement is not None else None
                 writer.add(item.key, image, labels, self._metadata(item, sample, res, image), generated)
                 self._maybe_preview(sample, previews)
-        # 4. Commit: the tar first (atomic rename), then its manifest part.
+        # 4. Commit: the tar first (atomic rename or upload), then its manifest part.
         written = {w.key: w for w in writer.close()}
         for r in rows:
             if r.status == "ok":
                 r.checksums = written[r.key].checksums
-        self.manifest.write_part(shard, rows)
+        self.manifest.write_part(shard, rows, tar_bytes=writer.size)
         layouts = {k: v - layouts_before.get(k, 0) for k, v in self._layout_counts().items()}
         return ShardResult(shard, dict(counts), busy, self.batch_size, previews, layouts)
 
