@@ -101,17 +101,18 @@ def check_plan(out: Store | Location, fingerprint: dict[str, Any]) -> None:
     text = json.dumps(fingerprint, sort_keys=True, indent=1)
     if store.size("plan.json") is not None:
         old = json.loads(store.read_bytes("plan.json"))
-        if old != json.loads(text) and not _produced_anything(store):
-            # e.g. a run whose workers could not load their models: nothing to protect
-            log.warning("%s: replacing the plan of a run that produced nothing", path)
-        elif old != json.loads(text):
+        if old == json.loads(text):
+            return
+        if _produced_anything(store):
             changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             raise PlanMismatch(
                 f"{path}: this output folder was planned with different settings ({', '.join(changed)} "
                 "changed); resuming would mix two jobs (fix: use a new output folder, or restore the "
                 "original config)"
             )
-        return
+        # e.g. a run whose workers could not load their models: nothing to protect, and the new
+        # plan must be the one written, or the next rerun would be held to the old one
+        log.warning("%s: replacing the plan of a run that produced nothing", path)
     store.put_bytes("plan.json", text.encode())
 
 

@@ -353,3 +353,20 @@ def test_a_run_that_produced_nothing_does_not_block_the_corrected_rerun(city_roo
     assert (out / "plan.json").exists()  # planned, but nothing was produced...
     summary = run(make_cfg(city_root, out, IN_PROCESS))  # ...so the corrected config may take over
     assert summary.counts == {"ok": 6}
+
+
+def test_a_plan_that_produced_nothing_is_replaced_and_the_new_one_holds(tmp_path):
+    """A folder planned with other settings but holding no output gets the new plan written, so
+    the next rerun (with shards by then) is held to the plan it ran with, not the abandoned one."""
+    from factory.jobs.plan import PlanMismatch, check_plan
+
+    out = tmp_path / "out"
+    out.mkdir()
+    check_plan(out, {"job": "generate", "seed": 0})
+    check_plan(out, {"job": "generate", "seed": 1})  # nothing produced: replaced
+    assert json.loads((out / "plan.json").read_text())["seed"] == 1
+    (out / "shards").mkdir()
+    (out / "shards" / "shard-000000.tar").write_bytes(b"")
+    check_plan(out, {"job": "generate", "seed": 1})  # the plan it ran with: fine
+    with pytest.raises(PlanMismatch, match="seed"):
+        check_plan(out, {"job": "generate", "seed": 0})
