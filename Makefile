@@ -25,7 +25,7 @@ setup:  ## create .venv and install everything (torch 2.13, the project, mmcv wi
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev]"
 	$(MAKE) mmcv
-	$(PIP) install -q -c $(CONSTRAINTS) "mmsegmentation==1.2.2" ftfy regex
+	$(PIP) install -q -c $(CONSTRAINTS) "mmsegmentation==1.2.2" ftfy regex "albumentations>=2.0,<2.1"
 	$(PY) -c "import mmseg, mmcv.ops, factory, downstream; print('setup ok: mmseg', mmseg.__version__)"
 
 .PHONY: mmcv
