@@ -8,8 +8,9 @@ labels and how tiles are scaled. ``grid`` draws them all:
 - tiles are uint8 HxWx3 RGB; every tile is resized to the first tile's size times ``scale``
   (``interpolation``: INTER_AREA by default, INTER_NEAREST keeps label maps crisp);
 - ``pad`` pixels of background between tiles, ``margin`` around the whole grid (default: pad);
-- optional ``col_labels`` (a header band above the columns) and ``row_labels`` (a band to the
-  left), drawn with ``cv2.putText``; rows may be shorter than the longest (background fill).
+- optional ``col_labels`` (a header band above the columns; each cut to its column's width,
+  ``fit_label``) and ``row_labels`` (a band to the left), drawn with ``cv2.putText``; rows may be
+  shorter than the longest (background fill).
 
 ``save_grid`` writes the grid as a PNG atomically (factory.atomic).
 """
@@ -32,6 +33,29 @@ HEADER_HEIGHT = 16  # the column-label band, when there are column labels
 
 def _label_width(labels: Sequence[str]) -> int:
     return 8 * max(len(s) for s in labels) + 6
+
+
+def fit_label(text: str, width: int) -> str:
+    """``text`` cut to fit ``width`` pixels in the header font, ending with ".." when cut: a
+    header never runs into its neighbour's."""
+    text = str(text)
+    if cv2.getTextSize(text, FONT, FONT_SCALE, 1)[0][0] <= width - 4:
+        return text
+    while len(text) > 1 and cv2.getTextSize(text + "..", FONT, FONT_SCALE, 1)[0][0] > width - 4:
+        text = text[:-1]
+    return text.rstrip() + ".."
+
+
+def short_labels(texts: Sequence[str]) -> list[str]:
+    """Texts without the words they all start with ("a city street scene in fog", "... at
+    night" -> "in fog", "at night"): the column headers say what differs."""
+    words = [str(s).split() for s in texts]
+    if len(words) < 2:
+        return [str(s) for s in texts]
+    n = 0
+    while all(len(w) > n + 1 for w in words) and len({w[n] for w in words}) == 1:
+        n += 1
+    return [" ".join(w[n:]) for w in words]
 
 
 def grid(
@@ -62,7 +86,8 @@ def grid(
     x0, y0 = margin + label_w, margin + header_h
     for j, text in enumerate(col_labels or []):
         x = x0 + j * (w + pad)
-        cv2.putText(canvas, str(text), (x + 2, margin + HEADER_HEIGHT - 4), FONT, FONT_SCALE, (0, 0, 0), 1)
+        label = fit_label(text, w)
+        cv2.putText(canvas, label, (x + 2, margin + HEADER_HEIGHT - 4), FONT, FONT_SCALE, (0, 0, 0), 1)
     for i, row in enumerate(rows):
         y = y0 + i * (h + pad)
         if row_labels:

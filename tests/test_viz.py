@@ -72,3 +72,26 @@ def test_condition_to_rgb_any_channel_count():
     assert condition_to_rgb(np.random.default_rng(0).normal(size=(20, 3, 4))).shape == (3, 4, 3)
     with pytest.raises(ValueError, match=r"\(C,H,W\)"):
         condition_to_rgb(np.zeros((3, 4)))
+
+
+def test_long_headers_are_cut_to_their_column_and_prompts_lose_their_shared_words():
+    import cv2
+
+    from factory.viz import FONT, FONT_SCALE, fit_label, grid, short_labels
+
+    long = "a city street scene on a clear day"
+    cut = fit_label(long, 128)
+    assert cut.endswith("..") and long.startswith(cut[:-2].rstrip())
+    assert cv2.getTextSize(cut, FONT, FONT_SCALE, 1)[0][0] <= 124
+    assert fit_label("fog", 128) == "fog"
+    assert short_labels([long, "a city street scene in fog", "a city street scene at night"]) == [
+        "on a clear day",
+        "in fog",
+        "at night",
+    ]
+    assert short_labels(["fog"]) == ["fog"] and short_labels(["a b", "a b"]) == ["b", "b"]
+    # the header band of one column stays inside that column: the next column's band is blank
+    tile = np.full((16, 40, 3), 255, np.uint8)
+    canvas = grid([[tile, tile]], col_labels=[long, ""], pad=2)
+    second = canvas[: 2 + 16, 2 + 40 + 2 :]
+    assert (second == 255).all()

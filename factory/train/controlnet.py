@@ -732,7 +732,7 @@ def sample_images(
 
 def validation_grid(cfg: ControlNetTrainConfig, data: _Data, components, controlnet, path: Path) -> Path:
     """Rows: one per reference image: reference | condition | one sample per validation prompt."""
-    from factory.viz import condition_to_rgb, save_grid
+    from factory.viz import condition_to_rgb, save_grid, short_labels
 
     v = cfg.validation
     controlnet.eval()
@@ -745,7 +745,7 @@ def validation_grid(cfg: ControlNetTrainConfig, data: _Data, components, control
     prompts = tqdm(v.prompts, desc=f"validation grid ({n} refs, {v.steps} steps)", unit="prompt", leave=False)
     samples = [sample_images(pipe, cond, p, seeds, v.steps, v.guidance) for p in prompts]
     rows = [[data.samples[i].image, condition_to_rgb(cond[i]), *(s[i] for s in samples)] for i in range(n)]
-    return save_grid(rows, path, col_labels=["reference", "condition", *v.prompts])
+    return save_grid(rows, path, col_labels=["reference", "condition", *short_labels(v.prompts)])
 
 
 def save_result(
