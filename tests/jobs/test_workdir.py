@@ -107,3 +107,15 @@ def test_absolute_paths_makes_recorded_paths_hold_from_any_directory(tmp_path: P
     assert all(p.is_absolute() for _, p in path_fields(done))
     kept = absolute_paths(load_config(ControlNetTrainConfig, None, ["base_model=tiny"]))
     assert kept.base_model == "tiny"  # not a folder: a model reference, kept
+
+
+def test_a_plugin_synthesizer_is_not_held_to_the_lumen_model_folders(copy: Path, monkeypatch):
+    """The synth.* folders are the LUMEN synthesizer's: a plugin job (the configs' relative
+    synth.controlnet left in) runs; its own paths are still checked."""
+    from factory.jobs.generate import run
+
+    monkeypatch.chdir(copy)
+    cfg = _cfg("out=outputs/x", "synthesizer=tests/jobs/doubles.py:build")
+    with pytest.raises(ConfigError, match="^out=outputs/x is relative"):
+        run(cfg)  # refused for its output, not for synth.controlnet
+    assert not (copy / "outputs").exists()

@@ -77,9 +77,9 @@ def run(cfg: GenerateConfig) -> JobSummary:
     if not cfg.progress:
         os.environ["TQDM_DISABLE"] = "1"
     # under `ray job submit --working-dir`, a relative path points into Ray's temporary copy
-    check_uploaded_paths(
-        cfg, folders=("synth.controlnet", "synth.base_model", "synth.condition.layout.model")
-    )
+    # (the synth.* model folders matter to the LUMEN synthesizer only; a plugin ignores them)
+    folders = ("synth.controlnet", "synth.base_model", "synth.condition.layout.model")
+    check_uploaded_paths(cfg, folders=folders if cfg.synthesizer == "lumen" else ())
     out = cfg.out.resolve() if isinstance(cfg.out, Path) else cfg.out
     cfg = dataclasses.replace(cfg, out=out)
     store = open_store(out, cfg.storage_options)  # a missing s3fs is named here, before any work
