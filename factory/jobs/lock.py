@@ -138,10 +138,7 @@ class OutputLock:
 
     def _held_message(self) -> str:
         holder = _read_holder(self.path) or {}
-        who = (
-            f"{holder.get('job', 'a job')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-            f"run {holder.get('run_id') or '?'}, started {_ago(holder.get('started'))})"
-        )
+        who = _holder_text(holder)
         beat = holder.get("heartbeat")
         if isinstance(beat, int | float) and time.time() - beat > 4 * self.heartbeat_s:
             return (
@@ -322,10 +319,7 @@ class ObjectStoreLock:
                 log.warning("%s: heartbeat not written: %s", self.uri, e)
 
     def _held_message(self, holder: dict[str, Any]) -> str:
-        who = (
-            f"{holder.get('job', 'a job')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-            f"run {holder.get('run_id') or '?'}, started {_ago(holder.get('started'))})"
-        )
+        who = _holder_text(holder)
         beat = holder.get("heartbeat")
         if isinstance(beat, int | float) and time.time() - beat > 4 * self.heartbeat_s:
             return (
@@ -373,6 +367,14 @@ def _read_holder(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    """Who holds a lock, from its record: job, pid, host, run and age (both lock kinds say it so)."""
+    return (
+        f"{holder.get('job', 'a job')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+        f"run {holder.get('run_id') or '?'}, started {_ago(holder.get('started'))})"
+    )
 
 
 def _ago(t: Any) -> str:
