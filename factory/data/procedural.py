@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from factory.cli import STARTS_OVER, run_cli
+from factory.cli import run_cli
 from factory.data.labels import ID_COLOURS, ID_TO_TRAINID
 
 # ---------------------------------------------------------------------------------------------
