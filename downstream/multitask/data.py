@@ -14,7 +14,7 @@ resize); the 3D boxes stay in metres and only their projection uses the scaled c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,12 @@ import torch
 
 from downstream.shard_manifest import check_shard_keys
 from factory.data.cityscapes import disparity_to_depth, list_cityscapes, load_sample
-from factory.data.labels import id_to_trainid
+from factory.data.decode import read_png
+from factory.data.labels import IGNORE_INDEX, id_to_trainid
+from factory.data.members import AGREE_KIND, AGREE_MEMBER
 from factory.data.sample import DataError, SampleRef
 from factory.data.shards import list_shards, shard_paths
+from factory.quality.checks import DISAGREES
 
 from .geometry import BoxTargets, encode_boxes
 
@@ -45,13 +48,19 @@ class TargetSpec:
     max_objects: int = 32
 
 
-def list_refs(kind: str, root: str | Path, split: str) -> list[SampleRef]:
+def list_refs(kind: str, root: str | Path, split: str, agreement_ignore: bool = False) -> list[SampleRef]:
     """``kind`` "cityscapes" (official folders) or "shards" (our webdataset shards) -> refs that
     carry every label the multi-task network needs; a ref missing one is an error naming it.
 
     Shards are also held to their job's manifest, when one sits beside them: a shard with fewer
     (or other) samples than recorded is an error naming it (downstream.shard_manifest).
+
+    ``agreement_ignore`` (shards only): the semantic pixels where the factory's judge disagreed
+    with the reused label (``<key>.agree.png`` == 0) are ignored in training, as the SegFormer
+    datasets' switch of the same name does; a sample without the member is an error naming it.
     """
+    if agreement_ignore and kind != "shards":
+        raise ValueError("agreement_ignore needs kind 'shards' (the agreement map is a shard member)")
     if kind == "cityscapes":
         refs = list_cityscapes(root, split).refs
     elif kind == "shards":
@@ -62,7 +71,13 @@ def list_refs(kind: str, root: str | Path, split: str) -> list[SampleRef]:
         raise ValueError(f"unknown sample source kind {kind!r}: use 'cityscapes' or 'shards'")
     for ref in refs:
         require_labels(ref)
-    return refs
+        if agreement_ignore and AGREE_KIND not in ref.paths:
+            raise DataError(
+                f"{ref.meta['shard']}:{ref.key}.{AGREE_MEMBER}",
+                "agreement_ignore is on but this sample has no agreement member",
+                "generate the shards with quality.segmenter set, or turn agreement_ignore off",
+            )
+    return [replace(r, meta={**r.meta, "agreement_ignore": True}) for r in refs] if agreement_ignore else refs
 
 
 def require_labels(ref: SampleRef) -> None:
@@ -131,7 +146,18 @@ def prepare(ref: SampleRef, spec: TargetSpec, flip: bool = False) -> Prepared:
     trainids = id_to_trainid(sample.semantic)
     depth = disparity_to_depth(sample.disparity, sample.camera)
     image = resize_image(sample.image, spec.size)
-    net_trainids = resize_labels(trainids, spec.size)
+    taught = trainids
+    if ref.meta.get("agreement_ignore"):
+        # the judge disagreed with the reused label here: ignore, do not teach (list_refs)
+        agree = read_png(ref.paths[AGREE_KIND], expect="gray8")
+        if agree.shape != trainids.shape:
+            raise DataError(
+                ref.paths[AGREE_KIND],
+                f"agreement map {agree.shape} differs from labels {trainids.shape}",
+                "regenerate",
+            )
+        taught = np.where(agree == DISAGREES, IGNORE_INDEX, trainids).astype(trainids.dtype)
+    net_trainids = resize_labels(taught, spec.size)
     net_depth = resize_labels(depth, spec.size)
     if flip:
         image, net_trainids, net_depth = (

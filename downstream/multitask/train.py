@@ -51,6 +51,16 @@ class SourceConfig:
     kind: Literal["cityscapes", "shards"]
     root: str
     split: str = "train"
+    # shards generated with quality.segmenter: ignore the semantic pixels where the judge
+    # disagreed with the reused label (<key>.agree.png; off by default, docs/shards.md)
+    agreement_ignore: bool = False
+
+    def __post_init__(self) -> None:
+        check(
+            not self.agreement_ignore or self.kind == "shards",
+            "agreement_ignore",
+            f"needs kind 'shards' (the agreement map is a shard member), got kind {self.kind!r}",
+        )
 
 
 @dataclass
@@ -164,8 +174,14 @@ def train(cfg: MultitaskConfig, *, resume: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
-    refs_real = list_refs(cfg.real.kind, cfg.real.root, cfg.real.split) if cfg.real else []
-    refs_synth = list_refs(cfg.synth.kind, cfg.synth.root, cfg.synth.split) if cfg.synth else []
+    refs_real = (
+        list_refs(cfg.real.kind, cfg.real.root, cfg.real.split, cfg.real.agreement_ignore) if cfg.real else []
+    )
+    refs_synth = (
+        list_refs(cfg.synth.kind, cfg.synth.root, cfg.synth.split, cfg.synth.agreement_ignore)
+        if cfg.synth
+        else []
+    )
     if cfg.real and cfg.synth:
         _check_disjoint(refs_real, refs_synth)
     dataset = MultitaskDataset(refs_real + refs_synth, cfg.spec, cache=cfg.cache)

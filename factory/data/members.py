@@ -52,6 +52,8 @@ LAYOUT_MEMBER = "layout.npy"
 AGREE_MEMBER = "agree.png"
 # members the job computes per synthetic sample (not copied from the reference)
 GENERATED_MEMBERS: tuple[str, ...] = (AGREE_MEMBER,)
+# SampleRef.paths kind of the judge's agreement map, when a shard sample has one
+AGREE_KIND = "agree"
 
 
 # The first bytes of the compressed formats webdataset/tarfile would inflate transparently.

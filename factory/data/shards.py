@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from factory.data.members import (
+    AGREE_KIND,
+    AGREE_MEMBER,
     IMAGE_SUFFIXES,
     MAX_MEMBER_BYTES,
     MEMBER_KINDS,
@@ -122,7 +124,9 @@ def check_member_size(path: str | Path, name: str, size: int, max_member_bytes: 
 
 
 def check_member_sizes(
-    path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES, storage_options: Mapping[str, Any] | None = None
+    path: str | Path,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     """``check_member_size`` for every member, from the tar headers alone (data is skipped)."""
     with open_location(path, storage_options) as f, tarfile.open(fileobj=f, mode="r:") as tar:
@@ -204,6 +208,8 @@ def _refs_from(folder: Path, shard: Path, split: str) -> list[SampleRef]:
         for suffix, kind in MEMBER_KINDS.items():
             if (folder / member_name(key, suffix)).is_file():
                 paths[kind] = folder / member_name(key, suffix)
+        if (folder / member_name(key, AGREE_MEMBER)).is_file():
+            paths[AGREE_KIND] = folder / member_name(key, AGREE_MEMBER)
         meta_path = folder / member_name(key, META_MEMBER)
         try:
             sample_meta: dict[str, Any] = json.loads(meta_path.read_text())

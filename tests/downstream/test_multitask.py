@@ -513,3 +513,36 @@ def test_schedule_flips_the_requested_share_of_draws():
     share = np.mean([i >= n for i in mixed])
     assert 0.4 < share < 0.6
     assert draw_schedule(5, 15, 0.75, 40, seed=3, flip=0.0) == draw_schedule(5, 15, 0.75, 40, seed=3)
+
+
+def test_agreement_ignore_masks_the_judges_disagreements_in_the_semantic_target(cs_root, tmp_path):
+    """``synth.agreement_ignore``: the semantic target is 255 where agree.png is 0 and the reused
+    class elsewhere (depth and boxes untouched); off (the default) the target is the reused label;
+    a shard without the member is refused when the switch is on, naming the sample."""
+    from factory.data.labels import id_to_trainid
+    from factory.shards.writer import encode_mask
+
+    ref = list_cityscapes(cs_root, "train").refs[0]
+    labelids = np.asarray(cv2.imread(str(ref.paths["labelids"]), cv2.IMREAD_UNCHANGED))
+    agree = np.ones(labelids.shape, np.uint8)
+    agree[:, : labelids.shape[1] // 2] = 0  # the judge disagrees on the left half
+    image = cv2.cvtColor(cv2.imread(str(ref.paths["image"])), cv2.COLOR_BGR2RGB)
+    for name, extra in (("agree", {"agree.png": encode_mask(agree)}), ("plain", None)):
+        w = ShardWriter(tmp_path / name / "shard-000000.tar")
+        w.add(f"{ref.key}__fog", image, label_files(ref), {"source_key": ref.key}, extra)
+        w.close()
+    spec = TargetSpec(size=labelids.shape, box_classes=CLASSES)
+    expected = id_to_trainid(labelids)
+    (off_ref,) = list_refs("shards", tmp_path / "agree", "train")
+    (on_ref,) = list_refs("shards", tmp_path / "agree", "train", agreement_ignore=True)
+    off, on = prepare(off_ref, spec), prepare(on_ref, spec)
+    assert np.array_equal(off.trainids.numpy(), expected)
+    assert (on.trainids.numpy()[agree == 0] == 255).all()
+    assert np.array_equal(on.trainids.numpy()[agree == 1], expected[agree == 1])
+    assert torch.equal(on.depth, off.depth) and np.array_equal(on.boxes.heatmap, off.boxes.heatmap)
+    with pytest.raises(DataError, match=r"__fog\.agree\.png.*no agreement member"):
+        list_refs("shards", tmp_path / "plain", "train", agreement_ignore=True)
+    with pytest.raises(ConfigError, match="agreement_ignore"):
+        from_dict(
+            MultitaskConfig, {"real": {"kind": "cityscapes", "root": str(cs_root), "agreement_ignore": True}}
+        )
