@@ -10,7 +10,7 @@ WHEELHOUSE ?= $(HOME)/.cache/lumen-factory/wheels
 CONSTRAINTS := $(VENV)/constraints.txt
 OUT ?= outputs
 
-.PHONY: help setup test test-fast lint typecheck format demo paper city layouts contact-sheet controlnet judges compare \
+.PHONY: help setup test test-fast lint typecheck format demo paper foundation ship-judges city layouts contact-sheet controlnet judges compare \
         generate dg multitask-bench train-segformer train-multitask bench \
         cluster-up cluster-down cluster-submit clean
 
@@ -66,6 +66,12 @@ foundation:  ## retrain the shipped foundation model (models/$(FOUNDATION); ~60 
 	$(PY) -m factory.train.base --config configs/train/procedural_foundation.yaml out=$(OUT)/foundation/$(FOUNDATION)
 	$(PY) -m factory.train.ship $(OUT)/foundation/$(FOUNDATION) models/$(FOUNDATION) \
 		--command "make foundation" --commit "$$(git rev-parse --short HEAD)"
+
+# The comparison's offline judges, shipped beside it (the demo uses them unless --from-scratch).
+JUDGES := procedural-judges-v1
+ship-judges: judges  ## retrain the shipped judges (models/$(JUDGES); ~1.5 min on 2 cores) and ship them
+	$(PY) -m factory.train.ship --judges outputs/judges models/$(JUDGES) \
+		--command "make ship-judges" --commit "$$(git rev-parse --short HEAD)"
 
 # ---- the procedural chain, stage by stage (README "Commands, stage by stage") -------------------
 # Each target runs one public command with its shipped config; its outputs (outputs/<stage>/...)

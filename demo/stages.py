@@ -73,13 +73,16 @@ class DemoConfig:
     n_val: int = 24
     n_acdc: int = 16  # per weather and split
     # judges: the alignment segmenter (factory.quality.segmenter), the depth and weather networks
-    # (factory.eval.depth, factory.eval.controllability) that score the conditioning comparison
+    # (factory.eval.depth, factory.eval.controllability) that score the conditioning comparison.
+    # Shipped (models/procedural-judges-v1, trained with these step counts at 64x128); from_scratch
+    # trains them inside the demo with the steps below.
+    judges: Path = Path("models/procedural-judges-v1")
     judge_steps: int = 300
     depth_judge_steps: int = 200
     weather_judge_steps: int = 200
     # base model: the shipped pretrained foundation model (models/, checked against its hashes), as
     # the paper starts from SD 1.5; from_scratch trains one inside the demo instead
-    # (configs/train/procedural_base.yaml with base_overrides)
+    # (configs/train/procedural_base.yaml with base_overrides), and the judges too
     foundation: Path = Path("models/procedural-base-v1")
     from_scratch: bool = False
     base_overrides: list[str] = field(default_factory=list)
@@ -93,8 +96,10 @@ class DemoConfig:
     compare_seeds: int = 2
     compare_weather_refs: int = 2
     compare_steps: int = 10
-    # generation (configs/generate/procedural.yaml)
+    # generation (configs/generate/procedural.yaml): generate_refs train references (0 = all), each
+    # with every variant; the oracle twins use the same references
     variants: list[str] = field(default_factory=lambda: ["fog", "night", "rain", "snow"])
+    generate_refs: int = 0
     generate_overrides: list[str] = field(default_factory=list)
     # downstream DG benchmark (configs/downstream/segformer_tiny_procedural-64x128.py)
     dg_seeds: list[int] = field(default_factory=lambda: [0, 1])
@@ -115,6 +120,11 @@ class DemoConfig:
         check(self.height % 16 == 0 and self.width % 16 == 0, "height/width", "must be multiples of 16")
         check(self.n_train >= 4 and self.n_val >= 2 and self.n_acdc >= 1, "n_train/n_val/n_acdc", "too small")
         check(len(self.variants) >= 1, "variants", "give at least one prompt set, e.g. [fog, night]")
+        check(
+            0 <= self.generate_refs <= self.n_train,
+            "generate_refs",
+            f"must be in [0, n_train], got {self.generate_refs}",
+        )
         check(len(self.dg_seeds) >= 1, "dg_seeds", "give at least one seed")
         check(0.0 < self.dg_ratio < 1.0, "dg_ratio", f"must be in (0, 1), got {self.dg_ratio}")
         check(len(self.multitask_seeds) >= 1, "multitask_seeds", "give at least one seed")
@@ -150,16 +160,21 @@ class Demo:
         return self.out / "models" / "base"
 
     @property
+    def judges(self) -> Path:
+        """The judges' folder: the shipped one, or the demo's own with ``from_scratch``."""
+        return self.out / "models" / "judges" if self.cfg.from_scratch else self.cfg.judges.resolve()
+
+    @property
     def judge(self) -> Path:
-        return self.out / "models" / "judge"
+        return self.judges / "segmenter"
 
     @property
     def depth_judge(self) -> Path:
-        return self.out / "models" / "depth_judge"
+        return self.judges / "depth"
 
     @property
     def weather_judge(self) -> Path:
-        return self.out / "models" / "weather_judge"
+        return self.judges / "weather"
 
     @property
     def pca(self) -> Path:
@@ -205,11 +220,7 @@ class Demo:
         """The folders a stage writes (and nothing else writes)."""
         return {
             "city": [self.city],
-            "judge": [
-                p.with_suffix(s)
-                for p in (self.judge, self.depth_judge, self.weather_judge)
-                for s in (".safetensors", ".json")
-            ],  # fmt: skip
+            "judge": [self.judges] if self.cfg.from_scratch else [],  # never delete the shipped judges
             "base": [self.base] if self.cfg.from_scratch else [],  # never delete the shipped model
             "layouts": [self.out / "layouts"],
             "controlnet_layout": [self.controlnet("layout")],
@@ -271,6 +282,8 @@ class Demo:
         from factory.quality import segmenter
 
         c = self.cfg
+        if not c.from_scratch:
+            return self._shipped_judges()
         size = [f"height={c.height}", f"width={c.width}", f"seed={c.seed}"]
         for main, path, steps in ((segmenter.main, self.judge, c.judge_steps),
                                   (depth.main, self.depth_judge, c.depth_judge_steps),
@@ -282,6 +295,29 @@ class Demo:
             **{k: v for k, v in meta.items() if k != "config"},
             "depth_judge": str(self.depth_judge),
             "weather_judge": str(self.weather_judge),
+        }
+
+    def _shipped_judges(self) -> dict:
+        from factory.train.ship import JUDGES, verify
+
+        verify(self.judges)  # the shipped files are the ones their recipe hashed
+        metas = {j: json.loads((self.judges / f"{j}.json").read_text()) for j in JUDGES}
+        c = self.cfg
+        for judge, meta in metas.items():
+            got = (meta["config"]["height"], meta["config"]["width"])
+            check(
+                got == (c.height, c.width),
+                "judges",
+                f"{self.judges / judge} was trained at {got[0]}x{got[1]}, the demo runs at {c.height}x{c.width} "
+                "(fix: --from-scratch, which trains the judges at the demo's size)",
+            )
+        print(f"  using the shipped judges {self.judges} (RECIPE.md); --from-scratch trains them")
+        return {
+            "path": str(self.judge),
+            **metas["segmenter"]["meta"],
+            "depth_judge": str(self.depth_judge),
+            "weather_judge": str(self.weather_judge),
+            "shipped": True,
         }
 
     def stage_base(self) -> dict:
@@ -371,7 +407,7 @@ class Demo:
         self._call(
             generate.main,
             ["--config", "configs/generate/procedural.yaml", f"out={out}",
-             f"dataset.root={self.city / 'cityscapes'}", "dataset.limit=0",
+             f"dataset.root={self.city / 'cityscapes'}", f"dataset.limit={self.cfg.generate_refs}",
              f"variants.sets=[{', '.join(self.cfg.variants)}]",
              # base model, condition, PCA and layout store: the ControlNet's recorded recipe
              f"synth.controlnet={self.controlnet('layout')}", "synth.condition=null",
@@ -391,7 +427,7 @@ class Demo:
         self._call(
             generate.main,
             ["--config", "configs/generate/procedural.yaml", f"out={out}",
-             f"dataset.root={self.city / 'cityscapes'}", "dataset.limit=0",
+             f"dataset.root={self.city / 'cityscapes'}", f"dataset.limit={self.cfg.generate_refs}",
              f"variants.sets=[{', '.join(self.cfg.variants)}]", "synth.controlnet=null",
              "synthesizer=factory.synth.oracle:build", f"seed={self.cfg.seed}", "samples_per_shard=32"],
         )  # fmt: skip
@@ -473,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--from-scratch",
         action="store_true",
-        help="train the base model in the demo instead of the shipped one",
+        help="train the base model and the judges in the demo instead of the shipped ones",
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     a = p.parse_args(argv)

@@ -9,10 +9,16 @@ foundation``) and shipped like a checkpoint: a diffusers folder (safetensors onl
 - ``RECIPE.md``: the command and config, code commit, seed, steps, wall time, loss curve,
   the sample grid per caption and the per-weather brightness of the samples against real renders.
 
+The comparison's offline judges (segmenter, depth and weather networks, ``make judges``) are
+shipped the same way (``--judges``): they are a few seconds to a minute each to train, but the
+demo's 15-minute budget is better spent on the ControlNets.
+
 Usage::
 
     python -m factory.train.ship outputs/foundation/procedural-base-v1 models/procedural-base-v1 \\
         --command "make foundation" --commit <sha>
+    python -m factory.train.ship --judges outputs/judges models/procedural-judges-v1 \\
+        --command "make judges" --commit <sha>
 """
 
 from __future__ import annotations
@@ -162,14 +168,86 @@ def ship(trained: str | Path, dest: str | Path, *, command: str, commit: str) ->
     return dest
 
 
+# The judges a shipped judge folder holds: ``<name>.safetensors`` + ``<name>.json`` each, the
+# names ``make judges`` writes under outputs/judges/.
+JUDGES = {
+    "segmenter": "alignment segmenter (factory.quality.segmenter): mIoU, FD and LPIPS features",
+    "depth": "depth network (factory.eval.depth): SILog against the reference's geometry",
+    "weather": "weather classifier (factory.eval.controllability): text controllability",
+}
+
+
+def judges_recipe_text(name: str, metas: dict[str, dict[str, Any]], command: str, commit: str) -> str:
+    rows = []
+    for judge, meta in metas.items():
+        cfg, m = meta["config"], meta["meta"]
+        rows.append(
+            f"| {judge} | {JUDGES[judge]} | {cfg['height']}x{cfg['width']} | {cfg['steps']} | {cfg['seed']} | "
+            f"{m['final_loss']:.4f} | {m['train_seconds']:.0f} s | {m['data']} |"
+        )
+    return "\n".join(
+        [
+            f"# {name}: the offline judges of the conditioning comparison",
+            "",
+            "Small networks trained on rendered (real) procedural scenes, never on generated images.",
+            "They score the comparison (`factory.eval.compare`) where the paper uses real instruments",
+            "(a Cityscapes segmenter, a depth network, FID's Inception, LPIPS' AlexNet, TIFA); give",
+            "those by path on real data.",
+            "",
+            f"- command: `{command}` (each module's defaults), code commit `{commit}`",
+            "- load: `Segmenter.load`, `DepthJudge.load`, `WeatherJudge.load` with the path without suffix",
+            "",
+            "| judge | what it measures | size | steps | seed | final loss | train time | data |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"`{HASHES}` holds the sha256 of every file; `tests/models/test_shipped_model.py` checks them.",
+            "",
+            "## Configs as run",
+            "",
+            "```json",
+            json.dumps({k: v["config"] for k, v in metas.items()}, indent=1, default=str),
+            "```",
+            "",
+        ]
+    )
+
+
+def ship_judges(trained: str | Path, dest: str | Path, *, command: str, commit: str) -> Path:
+    """Copy the judges ``make judges`` wrote under ``trained`` to ``dest``, with recipe and hashes."""
+    trained, dest = Path(trained), Path(dest)
+    missing = [
+        f"{trained / j}{s}"
+        for j in JUDGES
+        for s in (".safetensors", ".json")
+        if not Path(f"{trained / j}{s}").is_file()
+    ]
+    if missing:
+        raise ShipError(f"missing {', '.join(missing)} (fix: run `make judges` first)")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    metas = {}
+    for judge in JUDGES:
+        for suffix in (".safetensors", ".json"):
+            shutil.copy2(f"{trained / judge}{suffix}", dest / f"{judge}{suffix}")
+        metas[judge] = json.loads((dest / f"{judge}.json").read_text())
+    atomic_write_text(dest / RECIPE, judges_recipe_text(dest.name, metas, command, commit))
+    atomic_write_json(dest / HASHES, {"model": dest.name, "commit": commit, "files": file_hashes(dest)})
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("trained", type=Path, help="the folder factory.train.base wrote")
+    ap.add_argument("trained", type=Path, help="the folder factory.train.base (or make judges) wrote")
     ap.add_argument("dest", type=Path, help="models/<name>")
     ap.add_argument("--command", required=True, help="the command that trained it (recorded)")
     ap.add_argument("--commit", required=True, help="the code commit it was trained with (recorded)")
+    ap.add_argument("--judges", action="store_true", help="ship the comparison's judges, not a base model")
     args = ap.parse_args(argv)
-    out = ship(args.trained, args.dest, command=args.command, commit=args.commit)
+    out = (ship_judges if args.judges else ship)(
+        args.trained, args.dest, command=args.command, commit=args.commit
+    )
     print(json.dumps({"shipped": str(out), "files": len(verify(out))}))
     return 0
 

@@ -90,6 +90,24 @@ def test_demo_uses_the_shipped_foundation_model_unless_from_scratch(tmp_path):
     ]
 
 
+def test_demo_uses_the_shipped_judges_unless_from_scratch(tmp_path):
+    from demo.stages import Demo
+
+    shipped = Demo(load_config(DemoConfig, "configs/demo.yaml"), tmp_path, set())
+    assert shipped.judges.name == "procedural-judges-v1" and shipped.stage_outputs("judge") == []
+    result = shipped.stage_judge()  # verifies the hashes and the size, trains nothing
+    assert result["shipped"] and result["path"] == str(shipped.judge) and result["n_images"] == 192
+    assert not (tmp_path / "models").exists()
+    scratch = Demo(load_config(DemoConfig, "configs/demo.yaml", ["from_scratch=true"]), tmp_path, set())
+    assert scratch.judge == tmp_path.resolve() / "models" / "judges" / "segmenter"
+    assert scratch.stage_outputs("judge") == [scratch.judges]
+    other_size = Demo(
+        load_config(DemoConfig, "configs/demo.yaml", ["height=128", "width=256"]), tmp_path, set()
+    )
+    with pytest.raises(ConfigError, match="trained at 64x128, the demo runs at 128x256.*--from-scratch"):
+        other_size.stage_judge()
+
+
 def test_city_seed_changes_the_city_alone(tmp_path, monkeypatch):
     """make demo/paper CITY_SEED=<n>: the city is drawn with n, every other seed stays."""
     from demo.stages import Demo

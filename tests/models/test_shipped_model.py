@@ -62,3 +62,31 @@ def test_the_factory_resolves_the_shipped_model():
     comp = load_components(str(SHIPPED))
     assert comp.noise_scheduler.config.prediction_type == meta["config"]["prediction_type"]
     assert comp.vae.config.scaling_factor == pytest.approx(meta["vae_scaling_factor"])
+
+
+JUDGES = SHIPPED.parent / "procedural-judges-v1"
+
+
+def test_shipped_judges_match_their_hashes_and_load_and_score():
+    """The comparison's shipped judges: hashed, loadable by their own classes, and still sane on
+    fresh renders (the segmenter beats chance by far, the weather judge names clear weather)."""
+    from factory.data.labels import id_to_trainid
+    from factory.data.procedural import render_scene
+    from factory.eval.controllability import WeatherJudge
+    from factory.eval.depth import DepthJudge
+    from factory.quality.segmenter import Segmenter
+    from factory.train.ship import JUDGES as NAMES
+
+    hashes = verify(JUDGES)
+    assert set(hashes) == {f"{j}{s}" for j in NAMES for s in (".safetensors", ".json")}
+    seg = Segmenter.load(JUDGES / "segmenter")
+    depth = DepthJudge.load(JUDGES / "depth")
+    weather = WeatherJudge.load(JUDGES / "weather")
+    assert seg.cfg.height == depth.cfg.height == weather.cfg.height == 64
+    scenes = [render_scene(np.random.default_rng(1000 + i), 64, 128) for i in range(4)]
+    images = np.stack([s.image for s in scenes])
+    labels = id_to_trainid(np.stack([s.labelids for s in scenes]))
+    pred = seg.predict(images)
+    assert pred.shape == labels.shape and (pred == labels)[labels != 255].mean() > 0.6
+    assert np.isfinite(depth.predict(images)).all()
+    assert weather.predict(images).count("clear") >= 3
