@@ -31,12 +31,20 @@ def interval_text(cell: dict[str, Any]) -> str:
     return f"difference {cell['diff']:+.1f} [95% CI {lo:+.1f}, {hi:+.1f}], {cell['n']} paired seeds"
 
 
-def render_report(out: Path, r: dict[str, Any], stages: Sequence[str], conditions: Sequence[str]) -> str:
+def render_report(
+    out: Path,
+    r: dict[str, Any],
+    stages: Sequence[str],
+    conditions: Sequence[str],
+    config: str | Path = "configs/demo.yaml",
+) -> str:
     """The markdown report: pictures and tables, with the claims checked against the numbers.
 
     ``r``: each stage's result by stage name; ``stages``: the stage names in run order (for the
-    time table); ``conditions``: the compared condition kinds, LUMEN's "layout" first.
+    time table); ``conditions``: the compared condition kinds, LUMEN's "layout" first;
+    ``config``: the budgets file the run read (configs/demo.yaml for make demo, paper.yaml for make paper).
     """
+    title = "paper" if Path(config).stem == "paper" else "demo"
 
     def rel(p: str | Path) -> str:
         return os.path.relpath(Path(p), out)
@@ -47,10 +55,10 @@ def render_report(out: Path, r: dict[str, Any], stages: Sequence[str], condition
     card = r["generate"]["card"]
     seconds = stage_seconds(out, stages)
     lines = [
-        "# LUMEN Factory demo report",
+        f"# LUMEN Factory {title} report",
         "",
         "The whole pipeline in miniature on the procedural city: every number below was measured",
-        "in this run (budgets: configs/demo.yaml). Claims are checked against the numbers, not tuned.",
+        f"in this run (budgets: {config}). Claims are checked against the numbers, not tuned.",
         "",
         *compare_lines(r["compare"], conditions, rel),
         *weather_lines(r["base"]),
@@ -69,6 +77,12 @@ def render_report(out: Path, r: dict[str, Any], stages: Sequence[str], condition
         "```",
         "",
     ]
+    if r["dg"].get("ratio") and not r["dg"].get("selection"):
+        ratios = sorted(set(r["dg"]["ratio"].values()))
+        lines += [
+            f"Mix ratio fixed in advance at {', '.join(map(str, ratios))} (not chosen on any split).",
+            "",
+        ]
     intervals = r["dg"].get("intervals") or {}
     for mix in [m for m in intervals if m != "real"]:
         cell, cs = intervals[mix]["Avg"], intervals[mix]["CS"]

@@ -12,8 +12,9 @@ the shards' reused disparity and gtBbox3d -> a markdown report with the pictures
 Every stage runs the same public command a user runs on Cityscapes (``python -m factory...``
 with a config from configs/ and ``key=value`` overrides); the demo only points them at its own
 output folder and sets the small budgets from configs/demo.yaml. A finished stage leaves
-``<out>/stages/<name>.json`` with a fingerprint of its inputs; a rerun skips it, so a second run
-is quick, and changing a budget reruns that stage and everything after it. This module runs
+``<out>/stages/<name>.json`` with a fingerprint of its inputs (the config fields it reads,
+STAGE_FIELDS, chained with the previous stage's); a rerun skips it, so a second run is quick, and
+changing a budget reruns that stage and everything after it. This module runs
 the stages; the report is rendered by demo.report.
 
 Usage::
@@ -52,6 +53,25 @@ STAGES = (
     "multitask",
     "report",
 )
+
+# The DemoConfig fields each stage reads. A stage's fingerprint is its fields' values chained with
+# the previous stage's fingerprint, so changing e.g. dg_seeds reruns dg and what follows it, not
+# the ControlNets; the report reads everything. tests/demo/test_demo.py checks every field is here.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "city": ("height", "width", "seed", "city_seed", "n_train", "n_val", "n_acdc"),
+    "judge": ("from_scratch", "judges", "judge_steps", "depth_judge_steps", "weather_judge_steps", "threads"),
+    "base": ("from_scratch", "foundation", "base_overrides", "threads"),
+    "layouts": ("pca_samples",),
+    "controlnet_layout": ("controlnet_overrides", "threads"),
+    "controlnet_canny": ("controlnet_overrides", "threads"),
+    "controlnet_semseg": ("controlnet_overrides", "threads"),
+    "compare": ("compare_n", "compare_seeds", "compare_weather_refs", "compare_steps", "variants", "threads"),
+    "generate": ("variants", "generate_refs", "generate_overrides"),
+    "oracle": ("dg_oracle", "variants", "generate_refs"),
+    "dg": ("dg_seeds", "dg_max_iters", "dg_ratio", "dg_select_ratios", "dg_classical", "dg_oracle"),
+    "multitask": ("multitask_mixes", "multitask_seeds", "multitask_iters", "dg_ratio"),
+    "report": (),  # () = every field
+}
 
 # The paper's conditioning comparison: the label-free neural layout against Canny edges (no
 # labels either) and the ground-truth semantic map (needs labels for every training image).
@@ -105,6 +125,9 @@ class DemoConfig:
     dg_seeds: list[int] = field(default_factory=lambda: [0, 1])
     dg_max_iters: int = 300
     dg_ratio: float = 0.5
+    # choose each mix's ratio among these on the procedural ACDC *train* split (dg --select-ratios,
+    # seed dg_seeds[0]) instead of fixing dg_ratio; the table reports ACDC val
+    dg_select_ratios: list[float] = field(default_factory=list)
     # the DG table's baselines: real + classical weather augmentation (albumentations) and real +
     # oracle twins (the renderer's weather on the same train scenes, factory.synth.oracle)
     dg_classical: bool = False
@@ -127,6 +150,11 @@ class DemoConfig:
         )
         check(len(self.dg_seeds) >= 1, "dg_seeds", "give at least one seed")
         check(0.0 < self.dg_ratio < 1.0, "dg_ratio", f"must be in (0, 1), got {self.dg_ratio}")
+        check(
+            all(0.0 < r < 1.0 for r in self.dg_select_ratios),
+            "dg_select_ratios",
+            f"each must be in (0, 1), got {self.dg_select_ratios}",
+        )
         check(len(self.multitask_seeds) >= 1, "multitask_seeds", "give at least one seed")
         from downstream.benchmarks.multitask import MIXES
 
@@ -141,8 +169,9 @@ class DemoConfig:
 class Demo:
     """Runs the stages in order; each is a method that calls a public command."""
 
-    def __init__(self, cfg: DemoConfig, out: Path, force: set[str]):
+    def __init__(self, cfg: DemoConfig, out: Path, force: set[str], config: Path = Path("configs/demo.yaml")):
         self.cfg = cfg
+        self.config = config  # the budgets file (named in the report)
         self.out = out.resolve()
         self.force = force
         self.results: dict[str, Any] = {}
@@ -189,9 +218,9 @@ class Demo:
         (self.out / "stages").mkdir(exist_ok=True)
         t_all = time.perf_counter()
         ran_one = False
+        fingerprints = self.fingerprints()
         for i, name in enumerate(STAGES, 1):
-            # A stage's fingerprint chains the previous one's: a changed budget reruns what follows.
-            self.fingerprint = digest([self.fingerprint, name, to_dict(self.cfg)])
+            self.fingerprint = fingerprints[name]
             marker = self.out / "stages" / f"{name}.json"
             banner = f"[{i}/{len(STAGES)}] {name}"
             # Once a stage has run (forced, new inputs, or unfinished), every later stage reruns
@@ -215,6 +244,19 @@ class Demo:
         total = time.perf_counter() - t_all
         print(f"\ndemo finished in {total / 60:.1f} min; report: {self.out / 'report.md'}")
         return self.results
+
+    def fingerprints(self) -> dict[str, str]:
+        """Each stage's fingerprint: its settings chained with the previous stage's fingerprint,
+        so a changed budget reruns that stage and what follows, never what precedes it."""
+        out, previous = {}, ""
+        for name in STAGES:
+            previous = out[name] = digest([previous, name, self.stage_settings(name)])
+        return out
+
+    def stage_settings(self, name: str) -> dict[str, Any]:
+        """The config values stage ``name`` reads (STAGE_FIELDS; the report: all of them)."""
+        values = to_dict(self.cfg)
+        return {f: values[f] for f in STAGE_FIELDS[name]} if STAGE_FIELDS[name] else values
 
     def stage_outputs(self, name: str) -> list[Path]:
         """The folders a stage writes (and nothing else writes)."""
@@ -451,6 +493,7 @@ class Demo:
                  "--max-iters", str(self.cfg.dg_max_iters), "--pca-meta", str(pca_files(self.pca)[1]),
                  "--out", str(out),
                  *(["--classical"] if self.cfg.dg_classical else []),
+                 *(["--select-ratios", *map(str, self.cfg.dg_select_ratios)] if self.cfg.dg_select_ratios else []),
                  *([f"--other=oracle={self.out / 'oracle' / 'shards' / '*.tar'}"] if self.cfg.dg_oracle else [])],
             )  # fmt: skip
         finally:
@@ -462,6 +505,8 @@ class Demo:
             "summary": result["summary"],
             "intervals": result["paired_difference_to_real"],
             "table": result["table"],
+            "ratio": result["ratio"],
+            "selection": result["selection"],
             "json": str(out / "dg.json"),
         }
 
@@ -492,7 +537,7 @@ class Demo:
 
     def stage_report(self) -> dict:
         path = self.out / "report.md"
-        atomic_write_text(path, render_report(self.out, self.results, STAGES, CONDITIONS))
+        atomic_write_text(path, render_report(self.out, self.results, STAGES, CONDITIONS, self.config))
         return {"report": str(path)}
 
 
@@ -518,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cfg = load_config(DemoConfig, a.config, a.overrides)
-    Demo(cfg, a.out, set(a.force)).run()
+    Demo(cfg, a.out, set(a.force), a.config).run()
     return 0
 
 
-__all__ = ["CONDITIONS", "STAGES", "Demo", "DemoConfig", "main"]
+__all__ = ["CONDITIONS", "STAGE_FIELDS", "STAGES", "Demo", "DemoConfig", "main"]

@@ -155,16 +155,19 @@ def format_intervals(
     width = max([len("Difference to " + baseline)] + [len(m) for m in intervals]) + 2
     n = next(iter(next(iter(intervals.values())).values()))["n"]
     lines = [f"Difference to {baseline} (mean [95% CI], paired t over {n} seeds)".ljust(width)]
-    lines.append(" " * width + "".join(f"{c:>20}" for c in columns))
+    texts = {}
     for mix, cols in intervals.items():
-        cells = ""
         for c in columns:
             cell = cols[c]
             text = f"{cell['diff']:+.{digits}f}"
             if cell["ci"] is not None:
                 text += f" [{cell['ci'][0]:+.{digits}f}, {cell['ci'][1]:+.{digits}f}]"
-            cells += f"{text:>20}"
-        lines.append(mix.ljust(width) + cells)
+            texts[mix, c] = text
+    # every cell at least two spaces from its neighbour, however many digits it has
+    cell_width = max([20] + [len(t) + 2 for t in texts.values()])
+    lines.append(" " * width + "".join(f"{c:>{cell_width}}" for c in columns))
+    for mix in intervals:
+        lines.append(mix.ljust(width) + "".join(f"{texts[mix, c]:>{cell_width}}" for c in columns))
     return lines
 
 

@@ -12,7 +12,10 @@ difference to real-only with its 95% interval (Student's t over the per-seed dif
 
 Guard: ACDC is the test domain. No ACDC image may reach training (checked by sample key and
 source key of every training sample) or the PCA fit of the layouts (``--pca-meta``, checked by
-the keys its sidecar lists).
+the keys its sidecar lists). The one knob a mix has, its ratio of synthetic (or augmented)
+draws, is fixed (``--ratio``) or chosen per mix among ``--select-ratios`` on the ACDC *train*
+split (``--select-seeds``; adverse-weather average), never on the val split the table reports;
+the chosen ratio's selection runs are reused as its runs of those seeds.
 
     python -m downstream.benchmarks.dg --lumen 'outputs/generate/procedural/shards/*.tar' --seeds 0 1 2 --out outputs/benchmarks/dg
 """
@@ -147,9 +150,11 @@ def run_one(
     max_iters: int | None,
     work_dir: Path,
     forbidden: set[str],
+    select_split: str | None = None,
 ) -> dict[str, float]:
-    """Train one (mix, seed) and evaluate it on CS val and each ACDC weather; a run that
-    finished earlier with the same recipe is not trained again, one killed mid-way resumes."""
+    """Train one (mix, seed) and evaluate it on CS val and each ACDC weather (and, with
+    ``select_split``, on that ACDC split too: keys ``"<split> Rain"``... ``"<split> Avg"``); a run
+    that finished earlier with the same recipe is not trained again, one killed mid-way resumes."""
     from mmseg.registry import DATASETS
 
     from downstream.segformer.evaluate import predict_and_score
@@ -161,7 +166,7 @@ def run_one(
         settings["augment"] = augment  # (absent otherwise: earlier runs' recipes stay valid)
     recipe = recipe_digest(config, **settings)
     done = finished_scores(work_dir, recipe)
-    if done is not None:
+    if done is not None and (select_split is None or f"{select_split} Avg" in done):
         return done
     cfg = build_config(
         config,
@@ -187,8 +192,40 @@ def run_one(
         column = ACDC_COLUMNS.get(name, name)
         row[column] = predict_and_score(runner.model, DATASETS.build(ds_cfg), desc=column).miou()
     row["Avg"] = float(np.mean([row[c] for c in ACDC_COLUMNS.values()]))
+    if select_split:
+        for name, ds_cfg in eval_dataset_cfgs(cfg, acdc_split=select_split).items():
+            column = f"{select_split} {ACDC_COLUMNS[name]}"
+            row[column] = predict_and_score(runner.model, DATASETS.build(ds_cfg), desc=column).miou()
+        row[f"{select_split} Avg"] = float(
+            np.mean([row[f"{select_split} {c}"] for c in ACDC_COLUMNS.values()])
+        )
     record_scores(work_dir, recipe, row)
     return row
+
+
+SELECT_SPLIT = "train"
+
+
+def ratio_dir(out: Path, ratio: float) -> Path:
+    """Where the runs of one candidate ratio live when ratios are selected: ``out/ratio-<r>``."""
+    return out / f"ratio-{ratio:g}"
+
+
+def selection_lines(selection: dict[str, Any]) -> list[str]:
+    if not selection:
+        return []
+    first = next(iter(selection.values()))
+    lines = [
+        f"Mix ratio chosen per mix on ACDC {first['split']} (seeds {first['seeds']}; adverse-weather "
+        "average mIoU per candidate), never on the val split above:"
+    ]
+    for mix, sel in selection.items():
+        cands = ", ".join(
+            f"{r} -> {v:.1f}" + (" (chosen)" if float(r) == sel["chosen"] else "")
+            for r, v in sel["scores"].items()
+        )
+        lines.append(f"  {mix}: {cands}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -218,6 +255,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "albumentations' fog / rain / snow / darkening (the baseline a practitioner tries first)",
     )
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of training samples from the shards")
+    p.add_argument(
+        "--select-ratios",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="R",
+        help="choose each mix's ratio among these on the ACDC train split (replaces --ratio)",
+    )
+    p.add_argument(
+        "--select-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seeds of the selection runs (default: the first of --seeds)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
         "--max-iters", type=int, default=None, help="schedule length for every run (default: config's)"
@@ -227,6 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/dg"))
     a = p.parse_args(argv)
+    if a.select_ratios is not None and not all(0.0 < r < 1.0 for r in a.select_ratios):
+        p.error(f"--select-ratios {a.select_ratios}: each must be in (0, 1)")
 
     from mmengine.config import Config
 
@@ -251,23 +305,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.pca_meta:
         check_pca_meta(a.pca_meta, forbidden)
     a.out.mkdir(parents=True, exist_ok=True)
+    # 1. each synthetic mix's ratio: fixed, or chosen on the ACDC train split
+    ratios = {mix: a.ratio for mix in mixes if mix != "real"}
+    selection: dict[str, Any] = {}
+    if a.select_ratios:
+        select_seeds = a.select_seeds or a.seeds[:1]
+        for mix in ratios:
+            source = mixes[mix]
+            scores = {}
+            for r in a.select_ratios:
+                rows = [
+                    run_one(a.config, source["synth"], source["augment"], r, seed, a.max_iters,
+                            run_dir(ratio_dir(a.out, r), mix, seed), forbidden, select_split=SELECT_SPLIT)
+                    for seed in select_seeds
+                ]  # fmt: skip
+                scores[f"{r:g}"] = float(np.mean([row[f"{SELECT_SPLIT} Avg"] for row in rows]))
+            ratios[mix] = float(max(scores, key=lambda k: scores[k]))  # ties: the first listed
+            selection[mix] = {
+                "split": SELECT_SPLIT,
+                "seeds": select_seeds,
+                "scores": scores,
+                "chosen": ratios[mix],
+            }
+    # 2. every mix with every seed (the chosen ratio's selection runs are reused, not retrained)
     runs: dict[str, list[dict[str, float]]] = {}
     for mix, source in mixes.items():
+        ratio = ratios.get(mix, a.ratio)
+        base = ratio_dir(a.out, ratio) if a.select_ratios and mix != "real" else a.out
         for seed in a.seeds:
-            wd = run_dir(a.out, mix, seed)
+            wd = run_dir(base, mix, seed)
             runs.setdefault(mix, []).append(
-                run_one(
-                    a.config, source["synth"], source["augment"], a.ratio, seed, a.max_iters, wd, forbidden
-                )
+                run_one(a.config, source["synth"], source["augment"], ratio, seed, a.max_iters, wd, forbidden)
             )
     summary = summarise(runs, COLUMNS)
     intervals = paired_intervals(runs, "real")
-    table = "\n".join([format_table(summary), *format_intervals(intervals, COLUMNS)])
+    table = "\n".join(
+        [format_table(summary), *format_intervals(intervals, COLUMNS), *selection_lines(selection)]
+    )
     print(table)
     result = {
         "config": a.config,
         "mixes": {m: s for m, s in mixes.items()},
-        "ratio": a.ratio,
+        "ratio": ratios,
+        "selection": selection,
         "seeds": a.seeds,
         "max_iters": a.max_iters,
         "runs": runs,

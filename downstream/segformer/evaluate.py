@@ -113,14 +113,16 @@ def official_cityscapes_miou(pred_dir: str | Path, gt_label_files: Iterable[str 
     return {"mIoU": float(result["averageScoreClasses"]) * 100.0, "per_class": result["classScores"]}
 
 
-def eval_dataset_cfgs(cfg: Any) -> dict[str, dict]:
+def eval_dataset_cfgs(cfg: Any, acdc_split: str | None = None) -> dict[str, dict]:
     """The benchmark's evaluation sets from a config: ``CS`` (its test set) and one per ACDC weather.
 
     Configs carry ``acdc_val = dict(data_root, weathers, split)``; each ACDC set reuses the
-    config's test pipeline, so every domain is evaluated the same way.
+    config's test pipeline, so every domain is evaluated the same way. ``acdc_split`` (e.g.
+    "train") gives the ACDC weathers of that split alone, without CS: the split a benchmark
+    chooses its knobs on, so that the one it reports stays unseen.
     """
     test = copy.deepcopy(cfg.test_dataloader.dataset)
-    out = {"CS": test}
+    out = {"CS": test} if acdc_split is None else {}
     acdc = cfg.get("acdc_val")
     if acdc:
         for weather in acdc["weathers"]:
@@ -128,7 +130,7 @@ def eval_dataset_cfgs(cfg: Any) -> dict[str, dict]:
                 type="ACDCDataset",
                 data_root=acdc["data_root"],
                 weather=weather,
-                split=acdc.get("split", "val"),
+                split=acdc_split or acdc.get("split", "val"),
                 pipeline=copy.deepcopy(test["pipeline"]),
                 test_mode=True,
             )

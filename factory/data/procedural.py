@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -858,57 +859,143 @@ def weather_image(scene: Scene, weather: str, rng: np.random.Generator) -> np.nd
                          emissive=scene.emissive, lamps=scene.lamps)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class CityPreset:
+    """Counts and sizes of a procedural city that mimics a real dataset (``--preset``)."""
+
+    n_train: int
+    n_val: int
+    height: int
+    width: int
+    acdc: dict[str, tuple[int, int]]  # weather -> (train, val) images
+    acdc_height: int
+    acdc_width: int
+
+    def scaled(self, fraction: float) -> CityPreset:
+        """Every count times ``fraction`` (at least 1): the 1% / 10% rehearsals of the real size."""
+
+        def n(k: int) -> int:
+            return max(1, round(k * fraction))
+
+        acdc = {w: (n(t), n(v)) for w, (t, v) in self.acdc.items()}
+        return replace(self, n_train=n(self.n_train), n_val=n(self.n_val), acdc=acdc)
+
+
+# Cityscapes fine annotations (2975 train / 500 val at 1024x2048) and ACDC (1920x1080; 400 train
+# images per weather, 100 val - 106 for night), as the official releases count them.
+PRESETS: dict[str, CityPreset] = {
+    "cityscapes": CityPreset(
+        n_train=2975,
+        n_val=500,
+        height=1024,
+        width=2048,
+        acdc={"fog": (400, 100), "night": (400, 106), "rain": (400, 100), "snow": (400, 100)},
+        acdc_height=1080,
+        acdc_width=1920,
+    )
+}
+
+
+def _city_jobs(n_train: int, n_val: int, acdc: dict[str, tuple[int, int]]) -> list[tuple[str, str, int]]:
+    jobs: list[tuple[str, str, int]] = [("cityscapes", "train", i) for i in range(n_train)]
+    jobs += [("cityscapes", "val", i) for i in range(n_val)]
+    for w in WEATHERS:
+        for s, n in zip(("train", "val"), acdc.get(w, (0, 0))):
+            jobs += [("acdc", f"{w}/{s}", i) for i in range(n)]
+    return jobs
+
+
+@dataclass(frozen=True)
+class _CityJob:
+    """What a worker needs to write one image of the city (picklable, no shared state)."""
+
+    out: Path
+    seed: int
+    size: tuple[int, int]
+    acdc_size: tuple[int, int]
+    cities: dict[str, tuple[str, ...]]
+
+
+def _write_one(job: _CityJob, item: tuple[str, str, int]) -> str:
+    dataset, split, i = item
+    if dataset == "cityscapes":
+        stream = 0 if split == "train" else 1
+        scene = render_scene(_weather_rng(job.seed, stream, i), *job.size)
+        names = job.cities[split]
+        city = names[i % len(names)]
+        stem = f"{city}_{i // len(names):06d}_000019"
+        _write_cityscapes(job.out / "cityscapes", split, city, stem, scene, ID_COLOURS)
+    else:
+        weather, sp = split.split("/")
+        ci, si = WEATHERS.index(weather), (0 if sp == "train" else 1)
+        stream = 10 + 2 * ci + si
+        scene = render_scene(_weather_rng(job.seed, stream, i), *job.acdc_size)
+        seq = f"GOPR{400 + 20 * ci + 10 * si:04d}"
+        stem = f"{seq}_frame_{(i + 1) * 10:06d}"
+        adverse = weather_image(scene, weather, _weather_rng(job.seed, 100 + stream, i))
+        _write_acdc(job.out / "acdc", weather, sp, seq, stem, scene, adverse, ID_TO_TRAINID, ID_COLOURS)
+    return f"{dataset}/{split}"
+
+
 def generate_city(
     out: str | Path,
     *,
     n_train: int,
     n_val: int,
-    n_acdc: int,
+    n_acdc: int | dict[str, tuple[int, int]],
     height: int = 64,
     width: int = 128,
+    acdc_size: tuple[int, int] | None = None,
     seed: int = 0,
     cities: dict[str, Sequence[str]] | None = None,
+    workers: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write a procedural Cityscapes (``out/cityscapes``) and ACDC (``out/acdc``).
 
     n_train / n_val: Cityscapes images per split (spread over ``cities[split]``). n_acdc: ACDC
-    images per weather and per split (train, val), each with its clear ``_ref`` image and
-    labelTrainIds / labelIds / labelColor / invIds maps. Same arguments -> identical bytes.
-    Returns the two roots and the counts written.
+    images per weather and per split (train, val) - one number for all, or per weather
+    ``{weather: (train, val)}`` - each with its clear ``_ref`` image and labelTrainIds / labelIds /
+    labelColor / invIds maps, at ``acdc_size`` (H, W; default the Cityscapes size). ``workers``
+    processes render in parallel; every image has its own seeded generator, so the bytes are the
+    same for any number of workers. Same arguments -> identical bytes. Returns the two roots and
+    the counts written.
     """
-    for name, value in (("n_train", n_train), ("n_val", n_val), ("n_acdc", n_acdc)):
+    acdc = {w: (n_acdc, n_acdc) for w in WEATHERS} if isinstance(n_acdc, int) else dict(n_acdc)
+    counts_in = [("n_train", n_train), ("n_val", n_val)] + [(f"n_acdc[{w}]", min(c)) for w, c in acdc.items()]
+    for name, value in counts_in:
         if value < 0:
             raise ValueError(f"generate_city: {name} must be >= 0, got {value}")
+    unknown = sorted(set(acdc) - set(WEATHERS))
+    if unknown:
+        raise ValueError(f"generate_city: unknown ACDC weathers {unknown}; choose among {list(WEATHERS)}")
+    if workers < 1:
+        raise ValueError(f"generate_city: workers must be >= 1, got {workers}")
     out = Path(out)
-    cities = {**DEFAULT_CITIES, **(cities or {})}
-    train_lut, colour_lut = ID_TO_TRAINID, ID_COLOURS
-    cs_root, acdc_root = out / "cityscapes", out / "acdc"
+    merged = {**DEFAULT_CITIES, **(cities or {})}
+    job = _CityJob(
+        out, seed, (height, width), acdc_size or (height, width), {k: tuple(v) for k, v in merged.items()}
+    )
+    items = _city_jobs(n_train, n_val, acdc)
     counts: dict[str, int] = {}
+    bar = tqdm(total=len(items), desc="procedural city", disable=not progress, unit="img")
+    if workers == 1:
+        done: Iterable[str] = (_write_one(job, item) for item in items)
+        for key in done:
+            counts[key] = counts.get(key, 0) + 1
+            bar.update()
+    else:
+        import multiprocessing
 
-    jobs: list[tuple[str, str, int]] = [("cityscapes", "train", i) for i in range(n_train)]
-    jobs += [("cityscapes", "val", i) for i in range(n_val)]
-    jobs += [("acdc", f"{w}/{s}", i) for w in WEATHERS for s in ("train", "val") for i in range(n_acdc)]
-    for dataset, split, i in tqdm(jobs, desc="procedural city", disable=not progress, unit="img"):
-        if dataset == "cityscapes":
-            stream = 0 if split == "train" else 1
-            scene = render_scene(_weather_rng(seed, stream, i), height, width)
-            names = cities[split]
-            city = names[i % len(names)]
-            stem = f"{city}_{i // len(names):06d}_000019"
-            _write_cityscapes(cs_root, split, city, stem, scene, colour_lut)
-        else:
-            weather, sp = split.split("/")
-            ci, si = WEATHERS.index(weather), (0 if sp == "train" else 1)
-            stream = 10 + 2 * ci + si
-            scene = render_scene(_weather_rng(seed, stream, i), height, width)
-            seq = f"GOPR{400 + 20 * ci + 10 * si:04d}"
-            stem = f"{seq}_frame_{(i + 1) * 10:06d}"
-            adverse = weather_image(scene, weather, _weather_rng(seed, 100 + stream, i))
-            _write_acdc(acdc_root, weather, sp, seq, stem, scene, adverse, train_lut, colour_lut)
-        counts[f"{dataset}/{split}"] = counts.get(f"{dataset}/{split}", 0) + 1
-    return {"cityscapes": cs_root, "acdc": acdc_root, "counts": counts, "seed": seed,
-            "height": height, "width": width}  # fmt: skip
+        # spawn: a worker starts clean (no copied locks or threads from the caller)
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for key in pool.imap_unordered(partial(_write_one, job), items, chunksize=4):
+                counts[key] = counts.get(key, 0) + 1
+                bar.update()
+    bar.close()
+    counts = {k: counts[k] for k in sorted(counts)}
+    return {"cityscapes": out / "cityscapes", "acdc": out / "acdc", "counts": counts, "seed": seed,
+            "height": height, "width": width, "acdc_size": list(job.acdc_size)}  # fmt: skip
 
 
 def _write_cityscapes(
@@ -970,9 +1057,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="the real datasets' counts and sizes (cityscapes: 2975 + 500 at 1024x2048, ACDC at "
+        "1920x1080 with its per-weather counts); replaces --n-*/--height/--width",
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="with --preset: write this share of every count (e.g. 0.01)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
     args = parser.parse_args(argv)
-    info = generate_city(args.out, n_train=args.n_train, n_val=args.n_val, n_acdc=args.n_acdc,
-                         height=args.height, width=args.width, seed=args.seed)  # fmt: skip
+    if args.preset is None:
+        info = generate_city(args.out, n_train=args.n_train, n_val=args.n_val, n_acdc=args.n_acdc,
+                             height=args.height, width=args.width, seed=args.seed, workers=args.workers)  # fmt: skip
+    else:
+        if not 0.0 < args.fraction <= 1.0:
+            parser.error(f"--fraction {args.fraction}: must be in (0, 1]")
+        p = PRESETS[args.preset].scaled(args.fraction)
+        info = generate_city(args.out, n_train=p.n_train, n_val=p.n_val, n_acdc=p.acdc, height=p.height,
+                             width=p.width, acdc_size=(p.acdc_height, p.acdc_width), seed=args.seed,
+                             workers=args.workers)  # fmt: skip
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in info.items()}, indent=2))
     return info
 

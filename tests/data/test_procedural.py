@@ -127,3 +127,32 @@ def test_cli_help_and_run(tmp_path):
     info = json.loads(res.stdout)
     assert info["counts"]["cityscapes/train"] == 2
     assert len(list((tmp_path / "cityscapes" / "leftImg8bit" / "train").rglob("*_leftImg8bit.png"))) == 2
+
+
+def test_parallel_workers_write_the_same_bytes_and_acdc_has_its_own_size_and_counts(tmp_path):
+    """--workers renders in processes: the same files, byte for byte, as one process; ACDC is
+    written at its own size with per-weather (train, val) counts (the cityscapes preset's form)."""
+    acdc = {"fog": (2, 1), "night": (1, 2), "rain": (1, 1), "snow": (0, 1)}
+    kw = dict(
+        n_train=3, n_val=2, n_acdc=acdc, height=32, width=64, acdc_size=(24, 48), seed=5, progress=False
+    )
+    one = generate_city(tmp_path / "one", **kw)
+    two = generate_city(tmp_path / "two", workers=2, **kw)
+    assert one["counts"] == two["counts"] and _digest(tmp_path / "one") == _digest(tmp_path / "two")
+    assert one["counts"]["acdc/night/val"] == 2 and "acdc/snow/train" not in one["counts"]
+    from PIL import Image
+
+    cs = next((tmp_path / "one" / "cityscapes" / "leftImg8bit").rglob("*.png"))
+    ad = next((tmp_path / "one" / "acdc" / "rgb_anon" / "fog" / "train").rglob("*.png"))
+    assert Image.open(cs).size == (64, 32) and Image.open(ad).size == (48, 24)
+
+
+def test_cityscapes_preset_has_the_official_counts_and_sizes():
+    from factory.data.procedural import PRESETS
+
+    p = PRESETS["cityscapes"]
+    assert (p.n_train, p.n_val, p.height, p.width) == (2975, 500, 1024, 2048)
+    assert (p.acdc_height, p.acdc_width) == (1080, 1920)
+    assert sum(t for t, _ in p.acdc.values()) == 1600 and sum(v for _, v in p.acdc.values()) == 406
+    small = p.scaled(0.01)
+    assert (small.n_train, small.n_val, small.acdc["night"]) == (30, 5, (4, 1)) and small.height == 1024

@@ -29,6 +29,7 @@ TINY = [
     "multitask_iters=4",
     "dg_classical=true",  # make paper's baselines: exercised here at the tiniest budget
     "dg_oracle=true",
+    "dg_select_ratios=[0.5]",  # make paper's ratio selection on ACDC train, one candidate: no extra run
 ]
 
 
@@ -59,6 +60,7 @@ def test_demo_runs_every_stage_and_caches(tmp_path, capsys):
     for mix in ("real + LUMEN", "real + classical aug", "real + oracle"):
         assert f"Claim: {mix} above real-only on the adverse-weather average" in report
     assert "one seed (no interval: run more seeds)" in report
+    assert "Mix ratio chosen per mix on ACDC train" in report and set(dg["selection"]) == set(dg["ratio"])
     assert "Multi-task: do LUMEN images carry" in report and "mDS" in report
     mt = json.loads((out / "multitask" / "multitask.json").read_text())
     assert set(mt["summary"]) == {"real", "real + LUMEN"}
@@ -88,6 +90,21 @@ def test_demo_uses_the_shipped_foundation_model_unless_from_scratch(tmp_path):
     assert scratch.base == tmp_path.resolve() / "models" / "base" and scratch.stage_outputs("base") == [
         scratch.base
     ]
+
+
+def test_a_changed_budget_reruns_its_stage_and_what_follows_only(tmp_path):
+    from dataclasses import fields
+
+    from demo.stages import STAGE_FIELDS, Demo
+
+    read = {f for names in STAGE_FIELDS.values() for f in names}
+    assert set(STAGE_FIELDS) == set(STAGES) and read == {f.name for f in fields(DemoConfig)}
+    base = Demo(load_config(DemoConfig, "configs/demo.yaml"), tmp_path, set()).fingerprints()
+    for override, first_changed in (("dg_seeds=[0, 1, 2]", "dg"), ("compare_n=4", "compare"),
+                                    ("generate_refs=8", "generate"), ("n_train=64", "city")):  # fmt: skip
+        got = Demo(load_config(DemoConfig, "configs/demo.yaml", [override]), tmp_path, set()).fingerprints()
+        k = STAGES.index(first_changed)
+        assert [got[s] == base[s] for s in STAGES] == [True] * k + [False] * (len(STAGES) - k), override
 
 
 def test_demo_uses_the_shipped_judges_unless_from_scratch(tmp_path):

@@ -156,6 +156,38 @@ def test_dg_rerun_reuses_finished_runs_and_resumes_a_killed_one(city_env, ref_sh
     assert {p.name for p in (out / "real+LUMEN" / "seed0").iterdir()} == before  # not retrained
 
 
+@pytest.mark.slow
+def test_ratio_is_chosen_on_acdc_train_and_its_runs_are_reused(city_env, ref_shards, tmp_path, monkeypatch):
+    """--select-ratios: each candidate is trained with the selection seed and scored on the ACDC
+    train split; the best one is the mix's ratio for every seed, and its selection run is that
+    seed's run (not trained twice). The reported val columns never decide."""
+    import downstream.segformer.train as seg_train
+
+    trained: list[str] = []
+    real_train = seg_train.train
+    monkeypatch.setattr(seg_train, "train", lambda cfg: trained.append(cfg.work_dir) or real_train(cfg))
+    out = tmp_path / "dg"
+    lumen = str(ref_shards[0].parent / "*.tar")
+    result = dg.main(
+        ["--config", str(CONFIG), "--lumen", lumen, "--seeds", "0", "1", "--max-iters", "2",
+         "--select-ratios", "0.25", "0.5", "--out", str(out)]
+    )  # fmt: skip
+    sel = result["selection"]["real + LUMEN"]
+    assert sel["split"] == "train" and sel["seeds"] == [0] and set(sel["scores"]) == {"0.25", "0.5"}
+    assert sel["chosen"] == float(max(sel["scores"], key=lambda k: sel["scores"][k]))
+    assert result["ratio"] == {"real + LUMEN": sel["chosen"]}
+    chosen = dg.ratio_dir(out, sel["chosen"])
+    for r in ("0.25", "0.5"):
+        row = json.loads((out / f"ratio-{r}" / "real+LUMEN" / "seed0" / "scores.json").read_text())["scores"]
+        assert row["train Avg"] == pytest.approx(sel["scores"][r])
+        assert {"train Rain", "train Fog", "train Snow", "train Night"} <= set(row)
+    assert sorted(trained) == sorted(
+        [str(out / "real" / "seed0"), str(out / "real" / "seed1"), str(out / "ratio-0.25" / "real+LUMEN" / "seed0"),
+         str(out / "ratio-0.5" / "real+LUMEN" / "seed0"), str(chosen / "real+LUMEN" / "seed1")]
+    )  # fmt: skip
+    assert "Mix ratio chosen per mix on ACDC train" in result["table"]
+
+
 def test_plots_draw_error_bars_only_with_several_seeds(tmp_path):
     """One seed has no spread to show: no error bars (a zero-length bar reads as "no spread"),
     and the title says how many seeds; with several seeds the bars are the sample std."""
