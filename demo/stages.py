@@ -146,7 +146,7 @@ class DemoConfig:
         check(
             0 <= self.generate_refs <= self.n_train,
             "generate_refs",
-            f"must be in [0, n_train], got {self.generate_refs}",
+            f"must be in [0, n_train={self.n_train}] (0 = every train reference), got {self.generate_refs}",
         )
         check(len(self.dg_seeds) >= 1, "dg_seeds", "give at least one seed")
         check(0.0 < self.dg_ratio < 1.0, "dg_ratio", f"must be in (0, 1), got {self.dg_ratio}")

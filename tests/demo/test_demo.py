@@ -29,7 +29,8 @@ TINY = [
     "multitask_iters=4",
     "dg_classical=true",  # make paper's baselines: exercised here at the tiniest budget
     "dg_oracle=true",
-    "dg_select_ratios=[0.5]",  # make paper's ratio selection on ACDC train, one candidate: no extra run
+    "dg_select_ratios=[0.5]",
+    "generate_refs=0",  # every one of the 8 train references  # make paper's ratio selection on ACDC train, one candidate: no extra run
 ]
 
 
