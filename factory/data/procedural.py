@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -980,8 +980,8 @@ def generate_city(
     counts: dict[str, int] = {}
     bar = tqdm(total=len(items), desc="procedural city", disable=not progress, unit="img")
     if workers == 1:
-        done: Iterable[str] = (_write_one(job, item) for item in items)
-        for key in done:
+        for item in items:
+            key = _write_one(job, item)
             counts[key] = counts.get(key, 0) + 1
             bar.update()
     else:
