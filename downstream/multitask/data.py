@@ -25,11 +25,11 @@ import torch
 from downstream.shard_manifest import check_shard_keys
 from factory.data.cityscapes import disparity_to_depth, list_cityscapes, load_sample
 from factory.data.decode import read_png
-from factory.data.labels import IGNORE_INDEX, id_to_trainid
+from factory.data.labels import id_to_trainid
 from factory.data.members import AGREE_KIND, AGREE_MEMBER
 from factory.data.sample import DataError, SampleRef
 from factory.data.shards import list_shards, shard_paths
-from factory.quality.checks import DISAGREES
+from factory.quality.checks import ignore_disagreements, missing_agreement
 
 from .geometry import BoxTargets, encode_boxes
 
@@ -72,11 +72,7 @@ def list_refs(kind: str, root: str | Path, split: str, agreement_ignore: bool = 
     for ref in refs:
         require_labels(ref)
         if agreement_ignore and AGREE_KIND not in ref.paths:
-            raise DataError(
-                f"{ref.meta['shard']}:{ref.key}.{AGREE_MEMBER}",
-                "agreement_ignore is on but this sample has no agreement member",
-                "generate the shards with quality.segmenter set, or turn agreement_ignore off",
-            )
+            raise missing_agreement(f"{ref.meta['shard']}:{ref.key}.{AGREE_MEMBER}")
     return [replace(r, meta={**r.meta, "agreement_ignore": True}) for r in refs] if agreement_ignore else refs
 
 
@@ -150,13 +146,7 @@ def prepare(ref: SampleRef, spec: TargetSpec, flip: bool = False) -> Prepared:
     if ref.meta.get("agreement_ignore"):
         # the judge disagreed with the reused label here: ignore, do not teach (list_refs)
         agree = read_png(ref.paths[AGREE_KIND], expect="gray8")
-        if agree.shape != trainids.shape:
-            raise DataError(
-                ref.paths[AGREE_KIND],
-                f"agreement map {agree.shape} differs from labels {trainids.shape}",
-                "regenerate",
-            )
-        taught = np.where(agree == DISAGREES, IGNORE_INDEX, trainids).astype(trainids.dtype)
+        taught = ignore_disagreements(trainids, agree, ref.paths[AGREE_KIND])
     net_trainids = resize_labels(taught, spec.size)
     net_depth = resize_labels(depth, spec.size)
     if flip:

@@ -30,6 +30,7 @@ from factory.data.acdc import list_acdc
 from factory.data.cityscapes import list_cityscapes
 from factory.data.members import AGREE_MEMBER, MAX_MEMBER_BYTES, member_name
 from factory.data.sample import DataError
+from factory.quality.checks import missing_agreement
 
 from .hooks import SKIPPED_KEY
 from .labels import CLASSES, PALETTE
@@ -212,11 +213,7 @@ class LumenShardDataset(_LumenSegDataset):
             meta = read_meta(s)
             files = {suf: (m.shard, m.offset, m.size) for suf, m in s.files.items()}
             if self.agreement_ignore and AGREE_MEMBER not in files:
-                raise DataError(
-                    f"{s.shard}:{member_name(s.key, AGREE_MEMBER)}",
-                    "agreement_ignore is on but this sample has no agreement member",
-                    "generate the shards with quality.segmenter set, or turn agreement_ignore off",
-                )
+                raise missing_agreement(f"{s.shard}:{member_name(s.key, AGREE_MEMBER)}")
             out.append(
                 dict(
                     img_path=f"{s.shard}#{s.key}",

@@ -14,10 +14,9 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from factory.data.labels import IGNORE_INDEX
 from factory.data.members import AGREE_MEMBER
 from factory.data.sample import DataError
-from factory.quality.checks import DISAGREES
+from factory.quality.checks import ignore_disagreements
 
 from .labels import check_trainids, labelids_to_trainids
 from .shards import LABELIDS_MEMBER, ShardMember, decode_image, decode_label, open_png, read_member
@@ -105,11 +104,7 @@ class LoadLumenLabels(BaseTransform):
         if results.get("agreement_ignore"):
             # the judge disagreed with the reused label here: ignore, do not teach (datasets.py)
             agree = decode_label(read_member(_member(results, AGREE_MEMBER)), where)
-            if agree.shape != labels.shape:
-                raise DataError(
-                    where, f"agreement map {agree.shape} differs from labels {labels.shape}", "regenerate"
-                )
-            labels = np.where(agree == DISAGREES, IGNORE_INDEX, labels).astype(np.uint8)
+            labels = ignore_disagreements(labels, agree, where)
         results["gt_seg_map"] = np.ascontiguousarray(labels)
         results.setdefault("seg_fields", []).append("gt_seg_map")
         return results

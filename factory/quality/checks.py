@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 
 from factory.config import check
+from factory.data.labels import IGNORE_INDEX
+from factory.data.sample import DataError
 from factory.eval.alignment import miou
 
 
@@ -104,6 +106,27 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 # The per-pixel agreement map (``<key>.agree.png``, factory.data.members.AGREE_MEMBER)
 AGREES, DISAGREES, NO_LABEL = 1, 0, 255
+
+
+def missing_agreement(where: str | Path) -> DataError:
+    """The error of a training set that ignores disagreements (``agreement_ignore``) when a
+    sample has no agreement map: the same words for every trainer that reads one."""
+    return DataError(
+        where,
+        "agreement_ignore is on but this sample has no agreement member",
+        "generate the shards with quality.segmenter set, or turn agreement_ignore off",
+    )
+
+
+def ignore_disagreements(trainids: np.ndarray, agree: np.ndarray, where: str | Path) -> np.ndarray:
+    """``trainids`` with the pixels the judge disagreed with (``agree == DISAGREES``) set to the
+    ignore index: generated images drift from their masks, and those pixels would teach the
+    wrong class. The map must have the labels' size (else a DataError naming ``where``)."""
+    if agree.shape != trainids.shape:
+        raise DataError(
+            where, f"agreement map {agree.shape} differs from labels {trainids.shape}", "regenerate"
+        )
+    return np.where(agree == DISAGREES, IGNORE_INDEX, trainids).astype(trainids.dtype)
 
 
 def judge(
@@ -252,6 +275,8 @@ __all__ = [
     "AGREES",
     "DISAGREES",
     "NO_LABEL",
+    "ignore_disagreements",
+    "missing_agreement",
     "QualityConfig",
     "QualityResult",
     "SegmenterLike",
