@@ -200,6 +200,8 @@ def multitask_lines(mt: dict[str, Any], rel: Callable[[str | Path], str]) -> lis
         "```",
         "",
     ]
+    if "ratio" in mt:
+        lines += [f"Share of LUMEN draws in real + LUMEN: {mt['ratio']}, {mt['ratio_source']}.", ""]
     if "real" in s and "real + LUMEN" in s:
         d = {
             c: s["real + LUMEN"][c]["mean"] - s["real"][c]["mean"]

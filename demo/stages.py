@@ -69,7 +69,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "generate": ("variants", "generate_refs", "generate_overrides"),
     "oracle": ("dg_oracle", "variants", "generate_refs"),
     "dg": ("dg_seeds", "dg_max_iters", "dg_ratio", "dg_select_ratios", "dg_classical", "dg_oracle"),
-    "multitask": ("multitask_mixes", "multitask_seeds", "multitask_iters", "dg_ratio"),
+    "multitask": ("multitask_mixes", "multitask_seeds", "multitask_iters", "dg_ratio", "dg_select_ratios"),
     "report": (),  # () = every field
 }
 
@@ -126,7 +126,8 @@ class DemoConfig:
     dg_max_iters: int = 300
     dg_ratio: float = 0.5
     # choose each mix's ratio among these on the procedural ACDC *train* split (dg --select-ratios,
-    # seed dg_seeds[0]) instead of fixing dg_ratio; the table reports ACDC val
+    # seed dg_seeds[0]) instead of fixing dg_ratio; the table reports ACDC val. The multi-task
+    # stage then uses the ratio chosen for real + LUMEN (Demo.multitask_ratio)
     dg_select_ratios: list[float] = field(default_factory=list)
     # the DG table's baselines: real + classical weather augmentation (albumentations) and real +
     # oracle twins (the renderer's weather on the same train scenes, factory.synth.oracle)
@@ -516,9 +517,10 @@ class Demo:
 
         out = self.out / "multitask"
         cs = self.city / "cityscapes"
+        ratio, ratio_source = self.multitask_ratio()
         result = self._call(
             multitask.main,
-            ["--lumen", str(self.out / "generate" / "shards"), "--ratio", str(self.cfg.dg_ratio),
+            ["--lumen", str(self.out / "generate" / "shards"), "--ratio", str(ratio),
              "--seeds", *map(str, self.cfg.multitask_seeds), "--mixes", *self.cfg.multitask_mixes,
              "--out", str(out),
              f"real.root={cs}", f"val.root={cs}", f"iters={self.cfg.multitask_iters}"],
@@ -529,11 +531,23 @@ class Demo:
             "intervals": result["paired_difference_to_real"],
             "table": result["table"],
             "gt_ceiling": result["gt_ceiling"],
+            "ratio": ratio,
+            "ratio_source": ratio_source,
             "json": str(out / "multitask.json"),
             "pictures": {
                 mix: str(run_dir(out, mix, seed) / "eval" / "predictions.png") for mix in result["summary"]
             },
         }
+
+    def multitask_ratio(self) -> tuple[float, str]:
+        """The share of LUMEN draws in the multi-task mix, and where it comes from. With
+        ``dg_select_ratios`` it is the ratio the DG stage chose for real + LUMEN on the procedural
+        ACDC *train* split: the multi-task table is scored on Cityscapes val, so choosing its
+        ratio on its own scores would tune it on the split it reports."""
+        chosen = (self.results.get("dg") or {}).get("ratio") or {}
+        if self.cfg.dg_select_ratios and "real + LUMEN" in chosen:
+            return float(chosen["real + LUMEN"]), "chosen for real + LUMEN by the DG stage on ACDC train"
+        return self.cfg.dg_ratio, "fixed in advance (dg_ratio)"
 
     def stage_report(self) -> dict:
         path = self.out / "report.md"

@@ -29,8 +29,8 @@ TINY = [
     "multitask_iters=4",
     "dg_classical=true",  # make paper's baselines: exercised here at the tiniest budget
     "dg_oracle=true",
-    "dg_select_ratios=[0.5]",
-    "generate_refs=0",  # every one of the 8 train references  # make paper's ratio selection on ACDC train, one candidate: no extra run
+    "dg_select_ratios=[0.5]",  # make paper's ratio selection on ACDC train, one candidate: no extra run
+    "generate_refs=0",  # every one of the 8 train references
 ]
 
 
@@ -65,6 +65,8 @@ def test_demo_runs_every_stage_and_caches(tmp_path, capsys):
     assert "Multi-task: do LUMEN images carry" in report and "mDS" in report
     mt = json.loads((out / "multitask" / "multitask.json").read_text())
     assert set(mt["summary"]) == {"real", "real + LUMEN"}
+    assert mt["ratio"] == dg["ratio"]["real + LUMEN"] == 0.5
+    assert "Share of LUMEN draws in real + LUMEN: 0.5, chosen for real + LUMEN by the DG stage" in report
     pca = json.loads((out / "layouts" / "pca.json").read_text())
     assert pca["fit_keys"] and not any("GOPR" in k for k in pca["fit_keys"])
     capsys.readouterr()
@@ -106,6 +108,17 @@ def test_a_changed_budget_reruns_its_stage_and_what_follows_only(tmp_path):
         got = Demo(load_config(DemoConfig, "configs/demo.yaml", [override]), tmp_path, set()).fingerprints()
         k = STAGES.index(first_changed)
         assert [got[s] == base[s] for s in STAGES] == [True] * k + [False] * (len(STAGES) - k), override
+
+
+def test_multitask_ratio_is_the_one_dg_chose_on_acdc_train_never_its_own_val(tmp_path):
+    from demo.stages import Demo
+
+    picked = Demo(load_config(DemoConfig, "configs/paper.yaml"), tmp_path, set())
+    picked.results["dg"] = {"ratio": {"real + LUMEN": 0.25, "real + oracle": 0.5}}
+    assert picked.multitask_ratio() == (0.25, "chosen for real + LUMEN by the DG stage on ACDC train")
+    fixed = Demo(load_config(DemoConfig, "configs/demo.yaml", ["dg_ratio=0.4"]), tmp_path, set())
+    fixed.results["dg"] = {"ratio": {"real + LUMEN": 0.4}}
+    assert fixed.multitask_ratio() == (0.4, "fixed in advance (dg_ratio)")
 
 
 def test_demo_uses_the_shipped_judges_unless_from_scratch(tmp_path):
