@@ -1,8 +1,9 @@
 """What a verified resume costs: the scan of a finished output folder, members vs checksums.
 
 A rerun of a finished job verifies every shard it skips (factory.jobs.plan.verify_shard):
-``resume_check=members`` reads the manifest part and the tar headers; ``checksums`` (the
-default) also reads every byte and compares each member's sha256 with the recorded one. This
+``resume_check=size`` reads each part's footer and one listing of the tars; ``members`` reads
+the manifest part and the tar headers; ``checksums`` (the default) also reads every byte and
+compares each member's sha256 with the recorded one. This
 benchmark writes ``--shards`` shards of ``--per-shard`` samples (incompressible members of
 ``--member-kb`` KB: a synthetic image and two labels, like a generation shard) with their
 manifest parts, then times ``prepare_output`` over the finished folder with each check, side by
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from factory.data.sample import SampleRef
 from factory.jobs.identity import dataset_identity, path_identity
-from factory.jobs.plan import make_tasks, prepare_output
+from factory.jobs.plan import RESUME_CHECKS, make_tasks, prepare_output
 from factory.shards import Manifest, ManifestRow, ShardWriter
 
 
@@ -52,6 +53,7 @@ def write_folder(out: Path, shards: int, per_shard: int, member_kb: int) -> list
         manifest.write_part(
             task.name,
             [ManifestRow(w.key, w.key, "fog", task.name, "ok", checksums=w.checksums) for w in written],
+            tar_bytes=writer.size,
         )
     return tasks
 
@@ -68,11 +70,11 @@ def main() -> None:
         tasks = write_folder(out, args.shards, args.per_shard, args.member_kb)
         gb = sum(p.stat().st_size for p in (out / "shards").glob("*.tar")) / 1e9
         times: dict[str, float] = {}
-        for check in ("members", "checksums"):
+        for check in RESUME_CHECKS:
             best = float("inf")
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                plan = prepare_output(out, {"job": "bench"}, tasks, check)  # type: ignore[arg-type]
+                plan = prepare_output(out, {"job": "bench"}, tasks, check)
                 best = min(best, time.perf_counter() - t0)
                 assert not plan.todo and not plan.redone
             times[check] = best
@@ -88,11 +90,14 @@ def main() -> None:
         hash_s = time.perf_counter() - t0
     print(f"machine: {platform.node()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}")
     print(f"folder: {len(tasks)} shards x {args.per_shard} samples, {gb:.2f} GB (warm page cache)")
-    for check, s in times.items():
+    for name, s in times.items():
         print(
-            f"resume_check={check:9s}: {s:7.3f} s  ({s / len(tasks) * 1e3:6.2f} ms/shard, {gb / s:6.2f} GB/s)"
+            f"resume_check={name:9s}: {s:7.3f} s  ({s / len(tasks) * 1e3:6.2f} ms/shard, {gb / s:6.2f} GB/s)"
         )
-    print(f"checksums / members: {times['checksums'] / times['members']:.1f}x")
+    print(
+        f"checksums / members: {times['checksums'] / times['members']:.1f}x; "
+        f"members / size: {times['members'] / times['size']:.1f}x"
+    )
     print(f"dataset_identity: {stat_s / 30000 * 1e6:.1f} us per reference file (30000 stats)")
     print(f"path_identity (model content hash): {hash_s / gb:.2f} s per GB")
 

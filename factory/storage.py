@@ -124,9 +124,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def exists(self, name: str) -> bool: ...
 
-    @abc.abstractmethod
     def listdir(self, folder: str = "") -> list[str]:
         """Names of the files directly in ``folder`` (sorted; [] when it does not exist)."""
+        return sorted(self.sizes(folder))
+
+    @abc.abstractmethod
+    def sizes(self, folder: str = "") -> dict[str, int]:
+        """Name -> size in bytes of every file directly in ``folder``, from one listing ({} when
+        it does not exist): the cheap resume check compares a whole folder with one request."""
 
     @abc.abstractmethod
     def size(self, name: str) -> int | None:
@@ -184,11 +189,12 @@ class LocalStore(Store):
     def exists(self, name: str) -> bool:
         return (self.root / name).exists()
 
-    def listdir(self, folder: str = "") -> list[str]:
+    def sizes(self, folder: str = "") -> dict[str, int]:
         path = self.root / folder
         if not path.is_dir():
-            return []
-        return sorted(p.name for p in path.iterdir() if p.is_file())
+            return {}
+        with os.scandir(path) as entries:
+            return {e.name: e.stat().st_size for e in entries if e.is_file()}
 
     def size(self, name: str) -> int | None:
         path = self.root / name
@@ -280,14 +286,18 @@ class FsspecStore(Store):
     def _isdir(self, name: str) -> bool:
         return bool(self.listdir(name))
 
-    def listdir(self, folder: str = "") -> list[str]:
+    def sizes(self, folder: str = "") -> dict[str, int]:
         path = self._full(folder)
         self.fs.invalidate_cache(path)
         try:
             entries = self.fs.ls(path, detail=True)
         except FileNotFoundError:
-            return []
-        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
+            return {}
+        return {
+            e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e["size"])
+            for e in entries
+            if e.get("type") == "file"
+        }
 
     def size(self, name: str) -> int | None:
         path = self._full(name)

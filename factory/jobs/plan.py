@@ -34,9 +34,14 @@ from factory.data.members import member_name
 from factory.data.sample import SampleRef, check_key
 from factory.jobs.stage import ShardTask
 from factory.shards import Manifest, remove_stale_temporaries
+from factory.shards.manifest import keys_digest
 from factory.storage import Location, Store, open_store
 
-ResumeCheck = Literal["checksums", "members"]
+# How a rerun verifies the shards it skips, cheapest first (verify_shard): "size" reads each
+# part's footer and one listing of the tars; "members" reads each part and the tar headers;
+# "checksums" reads every byte. docs/benchmarks.md "Resume check" has the costs.
+ResumeCheck = Literal["size", "members", "checksums"]
+RESUME_CHECKS: tuple[ResumeCheck, ...] = ("size", "members", "checksums")
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,12 @@ def _produced_anything(out: Store) -> bool:
 _HEADER_BLOCK = 64 * 1024
 
 
-def verify_shard(out: Store | Location, task: ShardTask, check: ResumeCheck = "checksums") -> str:
+def verify_shard(
+    out: Store | Location,
+    task: ShardTask,
+    check: ResumeCheck = "checksums",
+    tar_sizes: dict[str, int] | None = None,
+) -> str:
     """Why shard ``task`` is not verifiably complete in ``out``; "" when it is.
 
     Complete means: its manifest part parses, has a final row for every item the plan puts in
@@ -145,12 +155,34 @@ def verify_shard(out: Store | Location, task: ShardTask, check: ResumeCheck = "c
     the tar's size - one metadata request - is compared first with the size its part records
     (``TAR_BYTES``): a cut or replaced tar is redone without reading it. A local disk reads
     the headers about as cheaply as it answers the size, so there the member check decides.
+
+    "size" (for folders of tens of thousands of shards) reads neither the tar nor the part's
+    rows: the part's footer must record the digest of exactly the planned keys and the tar's
+    size, and the tar must have that size (from ``tar_sizes``, one listing of ``shards/`` for
+    the whole folder, or one request). It trusts what the commit order guarantees - a part is
+    written only after its complete tar - and misses a tar rewritten with other bytes of the
+    same length; a part written before the footer recorded both falls back to "members".
     """
     store = open_store(out)
     manifest = Manifest(store.child("manifest"))
     part_name = manifest.part_name(task.name)
     tar_name = f"{task.name}.tar"
     shards = store.child("shards")
+    if check == "size":
+        try:
+            footer = manifest.read_footer(task.name)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            return f"manifest part {part_name} is unreadable ({type(e).__name__}: {e})"
+        if footer.keys_sha256 is not None and footer.tar_bytes is not None:
+            if footer.keys_sha256 != keys_digest(item.key for item in task.items):
+                return f"manifest part {part_name} records other keys than the {len(task.items)} planned"
+            size = tar_sizes.get(tar_name) if tar_sizes is not None else shards.size(tar_name)
+            if size is None:
+                return f"{tar_name} is missing"
+            if size != footer.tar_bytes:
+                return f"{tar_name} is {size} bytes, its manifest part records {footer.tar_bytes} (cut short or replaced)"
+            return ""
+        check = "members"  # an older part: verify it the way it was verified when written
     try:
         rows, recorded_bytes = manifest.read_rows(task.name)
     except Exception as e:  # pyarrow raises several types for a damaged file
@@ -254,8 +286,9 @@ def prepare_output(
             remove_stale_temporaries(folder)
     marked = manifest.done_shards()
     candidates = [t for t in tasks if t.name in marked]
+    tar_sizes = store.child("shards").sizes() if check == "size" else None  # one listing
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="verify") as pool:
-        reasons = list(pool.map(lambda t: verify_shard(store, t, check), candidates))
+        reasons = list(pool.map(lambda t: verify_shard(store, t, check, tar_sizes), candidates))
     redone = {t.name: why for t, why in zip(candidates, reasons) if why}
     for name, why in sorted(redone.items()):
         log.warning("shard %s will be redone: %s", name, why)
@@ -269,6 +302,7 @@ def prepare_output(
 __all__ = [
     "OutputPlan",
     "PlanMismatch",
+    "RESUME_CHECKS",
     "ResumeCheck",
     "check_plan",
     "list_references",

@@ -9,12 +9,14 @@ A rerun does not take a part on trust: ``factory.jobs.plan.verify_shard`` checks
 tar (members and checksums) before the shard is skipped.
 
 The folder is a ``factory.storage.Store``: a local folder (temporary name + rename) or a prefix
-on an object store (one PUT per part, which is atomic there). A part records the size of its
-tar in its Parquet metadata (``TAR_BYTES``), a check that costs no read of the tar.
+on an object store (one PUT per part, which is atomic there). A part records in its Parquet
+footer the size of its tar (``TAR_BYTES``) and the digest of its keys (``KEYS_DIGEST``): checks
+that cost no read of the tar nor of the part's rows (``resume_check: size``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterable
@@ -32,6 +34,25 @@ from factory.storage import Store, open_store
 Status = Literal["ok", "rejected", "failed"]
 STATUSES = ("ok", "rejected", "failed")
 TAR_BYTES = b"lumen.tar_bytes"  # Parquet key-value metadata of a part: its shard's size in bytes
+KEYS_DIGEST = b"lumen.keys_sha256"  # ... and the sha256 of its sorted keys (``keys_digest``)
+
+
+def keys_digest(keys: Iterable[str]) -> str:
+    """The sha256 of a set of sample keys (sorted, newline-joined): what a part's footer records
+    of the keys it holds, so a resume check compares it with the plan without reading the rows."""
+    h = hashlib.sha256()
+    for key in sorted(set(keys)):
+        h.update(key.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class PartFooter:
+    """What a part's Parquet footer records (None in parts written before it was recorded)."""
+
+    tar_bytes: int | None
+    keys_sha256: str | None
 
 
 @dataclass
@@ -113,8 +134,10 @@ class Manifest:
         bad = [s for s in table.column("shard").to_pylist() if s != shard]
         if bad:
             raise ValueError(f"rows of shard {shard} name another shard: {bad[0]}")
+        meta = {KEYS_DIGEST: keys_digest(table.column("key").to_pylist()).encode()}
         if tar_bytes is not None:
-            table = table.replace_schema_metadata({TAR_BYTES: str(tar_bytes).encode()})
+            meta[TAR_BYTES] = str(tar_bytes).encode()
+        table = table.replace_schema_metadata(meta)
         buf = io.BytesIO()
         pq.write_table(table, buf)
         name = self.part_name(shard)
@@ -136,6 +159,16 @@ class Manifest:
             table = pq.read_table(f)
         recorded = (table.schema.metadata or {}).get(TAR_BYTES)
         return _parse(table.cast(SCHEMA).to_pylist()), int(recorded) if recorded is not None else None
+
+    def read_footer(self, shard: str) -> PartFooter:
+        """A part's recorded tar size and keys digest, from its footer alone (no row is read:
+        the cheap resume check); raises on a damaged file."""
+        with self.store.open(self.part_name(shard)) as f:
+            meta = pq.read_schema(f).metadata or {}
+        size, keys = meta.get(TAR_BYTES), meta.get(KEYS_DIGEST)
+        return PartFooter(
+            int(size) if size is not None else None, keys.decode() if keys is not None else None
+        )
 
     @staticmethod
     def read_part(path: str | Path) -> list[dict]:
@@ -186,4 +219,14 @@ def _parse(rows: list[dict]) -> list[dict]:
     return rows
 
 
-__all__ = ["SCHEMA", "STATUSES", "TAR_BYTES", "Manifest", "ManifestRow", "rows_to_table"]
+__all__ = [
+    "KEYS_DIGEST",
+    "SCHEMA",
+    "STATUSES",
+    "TAR_BYTES",
+    "Manifest",
+    "ManifestRow",
+    "PartFooter",
+    "keys_digest",
+    "rows_to_table",
+]

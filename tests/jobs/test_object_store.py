@@ -141,6 +141,7 @@ def test_every_store_operation_keeps_one_contract(store):
     with shards.staged("shard-000000.tar") as tmp:  # a local file, committed on exit
         tmp.write_bytes(b"x" * 1500)
     assert shards.size("shard-000000.tar") == 1500 and store.size("shards/shard-000000.tar") == 1500
+    assert store.sizes("shards") == {"shard-000000.tar": 1500} and store.sizes("nothing") == {}
     with shards.open("shard-000000.tar", block_size=512) as f:  # seekable, as tarfile needs
         f.seek(1000)
         assert f.read(10) == b"x" * 10

@@ -194,6 +194,33 @@ def test_members_only_resume_check_catches_a_cut_tar_without_reading_the_data(ba
     assert shard_bytes(out) == shard_bytes(baseline)
 
 
+def test_size_resume_check_reads_footers_and_one_listing_and_still_catches_cut_or_foreign_shards(
+    baseline, city_root, tmp_path
+):
+    """resume_check=size (folders of tens of thousands of shards): no tar and no part row is
+    read, yet a cut tar, a part of other keys and an old part without the footer are redone."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    shutil.copytree(baseline, out)
+    finished = run(make_cfg(city_root, out, IN_PROCESS, "resume_check=size"))
+    assert finished.shards_redone == {} and finished.shards_skipped == 3
+    manifest = out / "manifest"
+    _truncate_at_member_boundary(out / "shards" / "shard-000002.tar", 2)  # a valid, shorter tar
+    shutil.copy(manifest / "shard-000000.parquet", manifest / "shard-000001.parquet")  # another shard's part
+    old = pq.read_table(manifest / "shard-000000.parquet")
+    pq.write_table(old.replace_schema_metadata(None), manifest / "shard-000000.parquet")  # no footer
+    _truncate_at_member_boundary(out / "shards" / "shard-000000.tar", 1)
+    summary = run(make_cfg(city_root, out, IN_PROCESS, "resume_check=size"))
+    assert "bytes, its manifest part records" in summary.shards_redone["shard-000002"]
+    assert "records other keys than the 2 planned" in summary.shards_redone["shard-000001"]
+    assert "members" in summary.shards_redone["shard-000000"]  # fell back to the member check
+    assert shard_bytes(out) == shard_bytes(baseline)
+    assert Manifest(out / "manifest").read_footer("shard-000001") == Manifest(
+        baseline / "manifest"
+    ).read_footer("shard-000001")
+
+
 # ---------------------------------------------------------------------------------- fingerprint
 def test_another_dataset_with_the_same_keys_is_refused(baseline, city_root, tmp_path):
     out = tmp_path / "out"

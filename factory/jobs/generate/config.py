@@ -81,7 +81,8 @@ class GenerateConfig:
     contact_sheet_refs: int = 4
     progress: bool = True
     # how a rerun verifies the shards it skips (factory.jobs.plan.verify_shard): "checksums"
-    # reads every byte once; "members" reads the tar headers only
+    # reads every byte once; "members" reads each part and the tar headers; "size" reads each
+    # part's footer and one listing of shards/ (for folders of tens of thousands of shards)
     resume_check: ResumeCheck = "checksums"
     storage_options: dict[str, Any] = field(default_factory=dict)
 
