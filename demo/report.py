@@ -164,10 +164,9 @@ def compare_lines(
         label = CONDITION_NAMES.get(name, name)
         lines.append(f"| {label} | " + " | ".join(cell(row["scores"].get(k)) for k in keys) + " |")
     lay, can = rows["layout"]["scores"], rows["canny"]["scores"]
-    holds = lay["miou"] > can["miou"]
     lines += [
         "",
-        f"Claim: neural-layout alignment above Canny's - **{'holds' if holds else 'does not hold'}** "
+        f"Claim: neural-layout alignment above Canny's - **{alignment_verdict(cmp)}** "
         f"at this scale (mIoU {lay['miou']:.3f} vs {can['miou']:.3f}).",
     ]
     if "semseg" in rows:
@@ -261,20 +260,72 @@ def weather_lines(base: dict[str, Any]) -> list[str]:
             f"{g['contrast']:.2f} | {real['contrast']:.2f} |"
         )
     clear = stats["clear"]["generated"]["brightness"]
-    checks = [
-        (w, stats[w]["generated"]["brightness"], op)
-        for w, op in (("fog", ">"), ("snow", ">"), ("night", "<"))
-    ]
-    checks = [(w, b, op) for w, b, op in checks if w in stats]
-    ok = all((b > clear) if op == ">" else (b < clear) for _, b, op in checks)
-    said = ", ".join(f"{w} {b:.2f}" for w, b, _ in checks)
+    said = ", ".join(
+        f"{w} {stats[w]['generated']['brightness']:.2f}" for w in ("fog", "snow", "night") if w in stats
+    )
     lines += [
         "",
-        f"Claim: fog and snow brighter, night darker than clear - **{'holds' if ok else 'does not hold'}** "
+        f"Claim: fog and snow brighter, night darker than clear - **{weather_verdict(base)}** "
         f"(clear {clear:.2f}; {said}).",
         "",
     ]
     return lines
+
+
+def alignment_verdict(cmp: dict[str, Any]) -> str:
+    """The conditioning comparison's claim: layout-conditioned samples follow the reference's
+    labels better (judge mIoU) than Canny-conditioned ones."""
+    rows = cmp["rows"]
+    return "holds" if rows["layout"]["scores"]["miou"] > rows["canny"]["scores"]["miou"] else "does not hold"
+
+
+def weather_verdict(base: dict[str, Any]) -> str:
+    """The base model's weather steering: fog and snow samples brighter than clear, night darker."""
+    stats = base["weather_stats"]
+    clear = stats["clear"]["generated"]["brightness"]
+    brighter = [stats[w]["generated"]["brightness"] > clear for w in ("fog", "snow") if w in stats]
+    darker = [stats[w]["generated"]["brightness"] < clear for w in ("night",) if w in stats]
+    return "holds" if all(brighter + darker) else "does not hold"
+
+
+def claims(r: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Every claim a report checks, by name: (verdict, the numbers it rests on). One home for
+    the verdicts, so two runs' reports can be compared claim by claim (``python -m demo.verdicts``)."""
+    out: dict[str, tuple[str, str]] = {}
+    if r.get("compare", {}).get("rows"):
+        rows = r["compare"]["rows"]
+        out["layout alignment above Canny"] = (
+            alignment_verdict(r["compare"]),
+            f"mIoU {rows['layout']['scores']['miou']:.3f} vs {rows['canny']['scores']['miou']:.3f}",
+        )
+    if "clear" in (r.get("base", {}).get("weather_stats") or {}):
+        out["weather steering of the base model"] = (weather_verdict(r["base"]), "")
+    for mix, cells in (r.get("dg", {}).get("intervals") or {}).items():
+        if mix != "real":
+            out[f"DG: {mix} above real on the ACDC average"] = (
+                claim_verdict(cells["Avg"]),
+                interval_text(cells["Avg"]),
+            )
+            out[f"DG: {mix} clear weather (CS) not below real"] = (
+                _not_below(cells["CS"]),
+                interval_text(cells["CS"]),
+            )
+    mt = (r.get("multitask", {}).get("intervals") or {}).get("real + LUMEN")
+    if mt:
+        out["multi-task: real + LUMEN above real on mDS"] = (
+            claim_verdict(mt["mDS"]),
+            interval_text(mt["mDS"]),
+        )
+    return out
+
+
+def _not_below(cell: dict[str, Any]) -> str:
+    """The clear-weather target: real + synthetic is not below real-only (its interval reaches zero)."""
+    if cell.get("ci") is None:
+        return (
+            f"{'holds' if cell['diff'] >= 0 else 'does not hold'} on one seed (no interval: run more seeds)"
+        )
+    return "holds" if cell["ci"][1] >= 0 else "does not hold"
 
 
 def stage_seconds(out: Path, stages: Sequence[str]) -> dict[str, float]:
@@ -289,9 +340,12 @@ def stage_seconds(out: Path, stages: Sequence[str]) -> dict[str, float]:
 
 __all__ = [
     "CONDITION_NAMES",
+    "alignment_verdict",
+    "claims",
     "compare_lines",
     "multitask_lines",
     "render_report",
     "stage_seconds",
     "weather_lines",
+    "weather_verdict",
 ]

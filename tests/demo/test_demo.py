@@ -212,3 +212,41 @@ def test_conditioning_table_has_the_five_columns_and_checks_the_claim(tmp_path):
     assert "**holds**" in text and "steps of 0.10" in text
     cmp["rows"]["canny"] = row(0.35)
     assert "**does not hold**" in "\n".join(compare_lines(cmp, ["layout", "canny"], lambda p: str(p)))
+
+
+def _results(avg_ci: tuple[float, float], cs_ci: tuple[float, float]) -> dict:
+    cell = lambda ci: {"diff": (ci[0] + ci[1]) / 2, "ci": list(ci), "n": 6}  # noqa: E731
+    brightness = lambda b: {"generated": {"brightness": b}}  # noqa: E731
+    return {
+        "compare": {"rows": {"layout": {"scores": {"miou": 0.28}}, "canny": {"scores": {"miou": 0.16}}}},
+        "base": {
+            "weather_stats": {"clear": brightness(0.4), "fog": brightness(0.6), "night": brightness(0.1)}
+        },
+        "dg": {"intervals": {"real + LUMEN": {"Avg": cell(avg_ci), "CS": cell(cs_ci)}}},
+        "multitask": {"intervals": {"real + LUMEN": {"mDS": cell((-7.6, -2.5))}}},
+    }
+
+
+def test_verdicts_compares_runs_claim_by_claim_and_fails_on_a_flip(tmp_path, capsys):
+    from demo.report import claims
+    from demo.verdicts import main as verdicts
+
+    got = claims(_results((0.7, 3.9), (-7.8, -0.1)))
+    assert got["layout alignment above Canny"][0] == "holds"
+    assert got["weather steering of the base model"][0] == "holds"
+    assert got["DG: real + LUMEN above real on the ACDC average"] == (
+        "holds",
+        "difference +2.3 [95% CI +0.7, +3.9], 6 paired seeds",
+    )
+    assert got["DG: real + LUMEN clear weather (CS) not below real"][0] == "does not hold"
+    assert got["multi-task: real + LUMEN above real on mDS"][0] == "does not hold"
+    runs = {}
+    for name, avg in (("a", (0.7, 3.9)), ("b", (0.2, 4.1)), ("c", (-0.5, 3.0))):
+        (tmp_path / name / "stages").mkdir(parents=True)
+        for stage, result in _results(avg, (-7.8, -0.1)).items():
+            (tmp_path / name / "stages" / f"{stage}.json").write_text(json.dumps({"result": result}))
+        runs[name] = tmp_path / name
+    assert verdicts([str(runs["a"]), str(runs["b"])]) == 0  # other numbers, the same verdicts
+    assert verdicts([str(runs["a"]), str(runs["c"])]) == 1  # the DG claim turns undecided
+    row = [line for line in capsys.readouterr().out.splitlines() if "ACDC average" in line][-1]
+    assert row.endswith("| **no** |") and "undecided" in row
