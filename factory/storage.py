@@ -43,6 +43,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -134,6 +135,17 @@ class Store(abc.ABC):
         it does not exist): the cheap resume check compares a whole folder with one request."""
 
     @abc.abstractmethod
+    def find(self, folder: str = "") -> dict[str, tuple[int, str]]:
+        """Every file under ``folder``, recursively, from one listing (paginated by the server,
+        never one request per file): name relative to ``folder`` -> (size, version), where the
+        version changes when the file is rewritten (an object's ETag, a file's mtime)."""
+
+    @abc.abstractmethod
+    def download(self, name: str, dest: Path) -> None:
+        """Copy file ``name`` to the local path ``dest`` atomically: a temporary beside it, then
+        a rename, so a file at ``dest`` is always complete (a node-local cache relies on it)."""
+
+    @abc.abstractmethod
     def size(self, name: str) -> int | None:
         """Size in bytes of file ``name``; None when there is no such file."""
 
@@ -195,6 +207,19 @@ class LocalStore(Store):
             return {}
         with os.scandir(path) as entries:
             return {e.name: e.stat().st_size for e in entries if e.is_file()}
+
+    def find(self, folder: str = "") -> dict[str, tuple[int, str]]:
+        top = self.root / folder
+        found: dict[str, tuple[int, str]] = {}
+        for dirpath, _, names in os.walk(top):
+            for n in names:
+                st = os.stat(os.path.join(dirpath, n))
+                rel = os.path.relpath(os.path.join(dirpath, n), top).replace(os.sep, "/")
+                found[rel] = (st.st_size, str(st.st_mtime_ns))
+        return found
+
+    def download(self, name: str, dest: Path) -> None:
+        _replace_with(dest, lambda tmp: shutil.copyfile(self.root / name, tmp))
 
     def size(self, name: str) -> int | None:
         path = self.root / name
@@ -299,6 +324,27 @@ class FsspecStore(Store):
             if e.get("type") == "file"
         }
 
+    def find(self, folder: str = "") -> dict[str, tuple[int, str]]:
+        top = self._full(folder).rstrip("/")
+        self.fs.invalidate_cache(top)
+        try:
+            entries = self.fs.find(top, detail=True)
+        except FileNotFoundError:
+            return {}
+        found: dict[str, tuple[int, str]] = {}
+        for name, info in entries.items():
+            if info.get("type") != "file":
+                continue
+            rel = name.rstrip("/").removeprefix(top).lstrip("/")  # fsspec names carry no protocol, as root
+            version = next(
+                (str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "created") if k in info), ""
+            )
+            found[rel] = (int(info["size"]), version)
+        return found
+
+    def download(self, name: str, dest: Path) -> None:
+        _replace_with(dest, lambda tmp: self.fs.get_file(self._full(name), str(tmp)))
+
     def size(self, name: str) -> int | None:
         path = self._full(name)
         self.fs.invalidate_cache(path)
@@ -345,6 +391,17 @@ class FsspecStore(Store):
     def remove(self, name: str) -> None:
         with suppress(FileNotFoundError):
             self.fs.rm_file(self._full(name))
+
+
+def _replace_with(dest: Path, write: Any) -> None:
+    """``write(tmp)`` to a hidden temporary beside ``dest``, then rename it onto ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def open_store(out: str | Path | Store, storage_options: Mapping[str, Any] | None = None) -> Store:

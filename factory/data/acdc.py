@@ -19,6 +19,7 @@ from pathlib import Path
 
 from factory.data.cityscapes import OnError, _fail, load_sample, missing_root_fix
 from factory.data.sample import BadSample, DataError, ReadResult, SampleRef, check_key
+from factory.data.tree import LOCAL, Tree
 
 WEATHERS = ("fog", "night", "rain", "snow")
 _IMAGE_SUFFIX = "_rgb_anon.png"
@@ -31,13 +32,13 @@ _GT_FILES = {
 }
 
 
-def _check_root(root: Path) -> Path:
-    if not root.is_dir():
+def _check_root(root: Path, tree: Tree) -> Path:
+    if not tree.is_dir(root):
         raise DataError(root, "ACDC root does not exist", missing_root_fix(root, "rgb_anon/ and gt/"))
     images = root / "rgb_anon"
-    if not images.is_dir():
+    if not tree.is_dir(images):
         hint = "pass the folder that contains rgb_anon/ and gt/"
-        if (root / "acdc" / "rgb_anon").is_dir():
+        if tree.is_dir(root / "acdc" / "rgb_anon"):
             hint = f"pass {root / 'acdc'} (it contains rgb_anon/)"
         elif root.name == "rgb_anon":
             hint = f"pass its parent {root.parent}"
@@ -51,26 +52,28 @@ def list_acdc(
     *,
     weathers: Sequence[str] = WEATHERS,
     on_error: OnError = "raise",
+    tree: Tree = LOCAL,
 ) -> ReadResult:
-    """List ACDC images of ``split`` for ``weathers``, sorted by weather then key."""
+    """List ACDC images of ``split`` for ``weathers``, sorted by weather then key. ``tree``:
+    where the folders are looked up (factory.data.tree: the disk, or a URI's listing)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     unknown = [w for w in weathers if w not in WEATHERS]
     if unknown:
         raise ValueError(f"unknown ACDC weathers {unknown}; allowed: {list(WEATHERS)}")
     root = Path(root)
-    images_root = _check_root(root)
+    images_root = _check_root(root, tree)
     refs: list[SampleRef] = []
     bad: list[BadSample] = []
     for weather in weathers:
         split_dir = images_root / weather / split
-        if not split_dir.is_dir():
+        if not tree.is_dir(split_dir):
             raise DataError(
                 split_dir,
                 f"ACDC folder for weather {weather!r}, split {split!r} not found",
                 f"expected rgb_anon/{weather}/{split}/<sequence>/*{_IMAGE_SUFFIX}; check the root or the weathers",
             )
-        images = sorted(split_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
+        images = [f for seq in tree.subdirs(split_dir) for f in tree.files(seq, _IMAGE_SUFFIX)]
         if not images:
             raise DataError(
                 split_dir, f"no *{_IMAGE_SUFFIX} images under {split_dir}/<sequence>/", "check the extraction"
@@ -86,14 +89,14 @@ def list_acdc(
                 continue
             paths: dict[str, Path] = {"image": img}
             ref_img = images_root / weather / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png"
-            if ref_img.is_file():
+            if tree.is_file(ref_img):
                 paths["ref_image"] = ref_img
             ok = True
             for kind, (suffix, required) in _GT_FILES.items():
                 path = gt_dir / seq / f"{stem}{suffix}"
-                if path.is_file():
+                if tree.is_file(path):
                     paths[kind] = path
-                elif required and gt_dir.is_dir():
+                elif required and tree.is_dir(gt_dir):
                     _fail(
                         path,
                         f"missing {kind} label for image {img.name}",

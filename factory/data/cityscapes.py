@@ -24,6 +24,7 @@ import numpy as np
 
 from factory.data import decode
 from factory.data.sample import BadSample, DataError, ReadResult, Sample, SampleRef, check_key
+from factory.data.tree import LOCAL, Tree
 
 OnError = Literal["raise", "skip"]
 
@@ -54,21 +55,21 @@ def missing_root_fix(root: Path, expected: str) -> str:
     return f"pass the folder that contains {expected}"
 
 
-def _check_root(root: Path, split: str) -> Path:
+def _check_root(root: Path, split: str, tree: Tree = LOCAL) -> Path:
     """The split's image folder, or a DataError saying which folder was expected."""
-    if not root.is_dir():
+    if not tree.is_dir(root):
         raise DataError(root, "Cityscapes root does not exist", missing_root_fix(root, "leftImg8bit/"))
     images = root / "leftImg8bit"
-    if not images.is_dir():
+    if not tree.is_dir(images):
         hint = "pass the folder that contains leftImg8bit/ and gtFine/"
-        if (root / "cityscapes" / "leftImg8bit").is_dir():
+        if tree.is_dir(root / "cityscapes" / "leftImg8bit"):
             hint = f"pass {root / 'cityscapes'} (it contains leftImg8bit/)"
         elif root.name == "leftImg8bit":
             hint = f"pass its parent {root.parent}"
         raise DataError(root, "not a Cityscapes root: expected a leftImg8bit/ folder inside it", hint)
     split_dir = images / split
-    if not split_dir.is_dir():
-        found = sorted(p.name for p in images.iterdir() if p.is_dir())
+    if not tree.is_dir(split_dir):
+        found = [p.name for p in tree.subdirs(images)]
         raise DataError(
             split_dir, f"split {split!r} not found (splits present: {found})", "choose one of those"
         )
@@ -87,17 +88,19 @@ def list_cityscapes(
     *,
     cities: Sequence[str] | None = None,
     on_error: OnError = "raise",
+    tree: Tree = LOCAL,
 ) -> ReadResult:
     """List every image of ``split`` with the label files found for it, sorted by key.
 
     on_error="raise" stops at the first bad sample; "skip" leaves it out and reports it in
     ``ReadResult.bad``. An empty or wrong root always raises (nothing could be read at all).
+    ``tree``: where the folders are looked up (factory.data.tree: the disk, or a URI's listing).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     root = Path(root)
-    split_dir = _check_root(root, split)
-    city_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    split_dir = _check_root(root, split, tree)
+    city_dirs = tree.subdirs(split_dir)
     if cities is not None:
         missing = sorted(set(cities) - {p.name for p in city_dirs})
         if missing:
@@ -105,14 +108,14 @@ def list_cityscapes(
                 split_dir, f"cities {missing} not found", f"choose among {[p.name for p in city_dirs]}"
             )
         city_dirs = [p for p in city_dirs if p.name in set(cities)]
-    images = [f for d in city_dirs for f in sorted(d.glob(f"*{_IMAGE_SUFFIX}"))]
+    images = [f for d in city_dirs for f in tree.files(d, _IMAGE_SUFFIX)]
     if not images:
         raise DataError(
             split_dir,
             f"no *{_IMAGE_SUFFIX} images found under {split_dir}/<city>/",
             "check that leftImg8bit was extracted completely",
         )
-    present = {kind: (root / top / split).is_dir() for kind, (top, _, _) in _CS_FILES.items()}
+    present = {kind: tree.is_dir(root / top / split) for kind, (top, _, _) in _CS_FILES.items()}
     refs: list[SampleRef] = []
     bad: list[BadSample] = []
     for img in images:
@@ -127,7 +130,7 @@ def list_cityscapes(
         ok = True
         for kind, (top, suffix, required) in _CS_FILES.items():
             path = root / top / split / city / f"{stem}{suffix}"
-            if path.is_file():
+            if tree.is_file(path):
                 paths[kind] = path
             elif present[kind] and required:
                 _fail(

@@ -81,13 +81,15 @@ class ExtractConfig:
         check(self.load_threads >= 1, "load_threads", f"must be >= 1, got {self.load_threads}")
 
 
-def _load(ref: SampleRef):
+def _load(ref: SampleRef, storage_options: dict[str, Any] | None = None):
     """The decoded reference, or the reason it cannot be used."""
     from factory.data.cityscapes import load_sample
+    from factory.data.tree import fetch
 
     if ref.meta.get("listing_error"):
         return None, f"reference incomplete: {ref.meta['listing_error']}"
     try:
+        fetch(ref, storage_options)  # a URI dataset: into this node's cache
         return load_sample(ref, labels=False), ""
     except (DataError, OSError, ValueError) as e:
         return None, f"reference unreadable: {e}"
@@ -98,11 +100,13 @@ def _load(ref: SampleRef):
 Loaded = tuple[SampleRef, Sample | None, tuple[int, int], str]  # ref, sample, original size, problem
 
 
-def _prepare(ref: SampleRef, resolution: tuple[int, int] | None) -> tuple[Any, tuple[int, int], str]:
+def _prepare(
+    ref: SampleRef, resolution: tuple[int, int] | None, storage_options: dict[str, Any] | None = None
+) -> tuple[Any, tuple[int, int], str]:
     """Decode ``ref`` and resize its image to the layout resolution (in a loader thread)."""
     from factory.layout.neural import resize_image
 
-    sample, problem = _load(ref)
+    sample, problem = _load(ref, storage_options)
     if sample is None:
         return None, (0, 0), problem
     size = sample.size
@@ -111,12 +115,17 @@ def _prepare(ref: SampleRef, resolution: tuple[int, int] | None) -> tuple[Any, t
 
 
 def load_batches(
-    refs: Sequence[SampleRef], batch_size: int, threads: int, resolution: tuple[int, int] | None
+    refs: Sequence[SampleRef],
+    batch_size: int,
+    threads: int,
+    resolution: tuple[int, int] | None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Iterator[list[Loaded]]:
     """``refs`` in batches, decoded and resized to the layout resolution by ``threads`` loader
-    threads, batch i + 1 while the caller computes on batch i (``load_ahead``)."""
+    threads, batch i + 1 while the caller computes on batch i (``load_ahead``). A URI dataset's
+    files are fetched into the node cache by the same threads (``storage_options``: fsspec's)."""
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
-        prepare = functools.partial(_prepare, resolution=resolution)
+        prepare = functools.partial(_prepare, resolution=resolution, storage_options=storage_options)
         for batch in load_ahead(list(refs), batch_size, pool, prepare, key=lambda ref: ref.key):
             yield [(ref, *loaded) for ref, loaded in batch]
 
@@ -157,7 +166,9 @@ class PCASampleStage(_BackboneStage):
 
         vectors, bad = {}, {}
         lc = self.cfg.layout
-        for batch in load_batches(task.items, lc.batch_size, self.cfg.load_threads, lc.resolution):
+        for batch in load_batches(
+            task.items, lc.batch_size, self.cfg.load_threads, lc.resolution, self.cfg.dataset.storage_options
+        ):
             samples = []
             for ref, sample, _, problem in batch:
                 if sample is None:
@@ -196,7 +207,9 @@ class LayoutStage(_BackboneStage):
         counts: Counter[str] = Counter()
         lc = self.cfg.layout
         signature = json.loads(json.dumps(self.layout.signature(), default=str))
-        for batch in load_batches(task.items, lc.batch_size, self.cfg.load_threads, lc.resolution):
+        for batch in load_batches(
+            task.items, lc.batch_size, self.cfg.load_threads, lc.resolution, self.cfg.dataset.storage_options
+        ):
             samples, sizes = [], []
             for ref, sample, size, problem in batch:
                 if sample is None:

@@ -4,7 +4,8 @@ A fingerprint of paths and settings alone lets two different inputs under the sa
 one folder: another dataset root with the same keys, or a ControlNet retrained and saved at the
 same path. Two identities close that gap, each chosen for its cost:
 
-- ``dataset_identity``: a digest of every reference file's name, size and mtime (ns). One
+- ``dataset_identity``: a digest of every reference file's name, size and mtime (ns) - for a
+  dataset on a URI, the size and version (ETag) its listing gave (factory.data.tree). One
   ``stat`` per file (Cityscapes train: ~18k files, well under a second), so every run can
   afford it. Any rewrite of a file changes it; a copy that does not keep mtimes (``cp`` without
   ``-p``) changes it too and the job refuses to resume - the safe side: it says so and the fix
@@ -32,8 +33,13 @@ def dataset_identity(refs: Iterable[SampleRef]) -> str:
     """Digest of (key, kind, file name, size, mtime_ns) over every file of every reference."""
     h = hashlib.sha256()
     for ref in refs:
+        listed = (ref.meta.get("remote") or {}).get("files")  # a URI dataset (factory.data.tree)
         for kind in sorted(ref.paths):
             path = Path(ref.paths[kind])
+            if listed:  # the listed size and version (ETag): the node cache may not hold it
+                size, version = listed[kind]
+                h.update(f"{ref.key}\0{kind}\0{path.name}\0{size}\0{version}\n".encode())
+                continue
             try:
                 st = path.stat()
                 entry = f"{ref.key}\0{kind}\0{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n"

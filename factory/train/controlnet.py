@@ -63,6 +63,7 @@ from factory.cli import config_help, run_cli
 from factory.config import ConfigError, absolute_paths, check, from_dict, load_config, to_dict
 from factory.data.datasets import DatasetConfig, list_samples
 from factory.data.sample import DataError, Sample, SampleRef
+from factory.data.tree import fetch_all
 from factory.train.batch_audit import BatchAudit, reset_for_resume, truncate_after
 from factory.train.recipe import RESULT_FILE, pca_file_hash
 
@@ -466,6 +467,9 @@ def train_controlnet(cfg: ControlNetTrainConfig, provider=None) -> Path:
             f"empty dataset: no samples under {cfg.data.root} (kind={cfg.data.kind}, split={cfg.data.split}); "
             "fix: point data.root at a dataset folder (e.g. one written by `python -m factory.data.procedural`)"
         )
+    # a URI dataset: every rank trains on every image many times, so each node copies the set
+    # into its cache once, up front (factory.data.tree; nothing for a local folder)
+    fetch_all(refs, cfg.data.storage_options)
     if cfg.resolution is None:
         check_image_sizes(refs)
     components = _resolve_base(cfg.base_model, device, weight_dtype)

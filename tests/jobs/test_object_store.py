@@ -189,11 +189,79 @@ def test_out_may_be_a_uri_and_path_fields_refuse_one(city_root, tmp_path):
     assert cfg.out == "s3://bucket/run" and cfg.storage_options == {"endpoint_url": "http://127.0.0.1:1"}
     assert make_cfg(city_root, tmp_path / "out").out == tmp_path / "out"  # local stays a Path
     with pytest.raises(
-        ConfigError, match="dataset.root: 's3://b/city' is a URI, and this field takes a local"
+        ConfigError, match="variants.prompts: 's3://b/p.yaml' is a URI, and this field takes a local"
     ):
-        make_cfg(city_root, tmp_path / "out", "dataset.root=s3://b/city")
+        make_cfg(city_root, tmp_path / "out", "variants.prompts=s3://b/p.yaml")
+    assert make_cfg(city_root, tmp_path / "out", "dataset.root=s3://b/city/").dataset.root == "s3://b/city"
+    with pytest.raises(ConfigError, match="kind=shards reads a local folder"):
+        make_cfg(city_root, tmp_path / "out", "dataset.root=s3://b/shards", "dataset.kind=shards")
+    with pytest.raises(ConfigError, match="dataset.storage_options: apply to an fsspec URI root"):
+        make_cfg(city_root, tmp_path / "out", "dataset.storage_options.endpoint_url=http://x")
     with pytest.raises(ConfigError, match="storage_options: apply to an fsspec URI out"):
         make_cfg(city_root, tmp_path / "out", "storage_options.endpoint_url=http://x")
+
+
+# ---------------------------------------------------------------------------------- a dataset on a URI
+def upload(folder: Path, store: Store) -> None:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            store.put_bytes(p.relative_to(folder).as_posix(), p.read_bytes())
+
+
+def test_a_dataset_on_a_uri_lists_like_its_local_copy_and_fetches_only_what_is_read(city_root, tmp_path):
+    """One listing of the URI (no download) gives the local copy's references, in the cache's
+    coordinates; fetch brings one reference's files, byte-equal; errors name the URI."""
+    from factory.data.datasets import DatasetConfig, list_samples
+    from factory.data.sample import DataError
+    from factory.data.tree import cache_root, fetch
+
+    base = f"memory://lumen-ds-{uuid.uuid4().hex[:8]}"
+    for name in ("cityscapes", "acdc"):
+        upload(city_root / name, open_store(f"{base}/{name}"))
+    cache = tmp_path / "cache"
+    for kind, name, split in (("cityscapes", "cityscapes", "train"), ("cityscapes", "cityscapes", "val"),
+                              ("acdc", "acdc", "train")):  # fmt: skip
+        local = list_samples(DatasetConfig(kind=kind, root=city_root / name, split=split)).refs
+        remote = list_samples(DatasetConfig(kind=kind, root=f"{base}/{name}", split=split, cache=cache)).refs
+        root = cache_root(f"{base}/{name}", cache)
+        assert [r.key for r in remote] == [r.key for r in local] and local
+        for lr, rr in zip(local, remote):
+            rel = {k: Path(p).relative_to(city_root / name) for k, p in lr.paths.items()}
+            assert {k: Path(p).relative_to(root) for k, p in rr.paths.items()} == rel
+            assert {k: v for k, v in rr.meta.items() if k != "remote"} == lr.meta
+            assert set(rr.meta["remote"]["files"]) == set(rr.paths)
+    assert not cache.exists()  # listing downloads nothing
+    ref = remote[0]
+    fetch(ref)
+    for kind, path in ref.paths.items():
+        assert Path(path).read_bytes() == Path(local[0].paths[kind]).read_bytes(), kind
+    assert len([p for p in cache.rglob("*") if p.is_file()]) == len(ref.paths)  # that reference only
+    with pytest.raises(DataError, match=f"{base}/nothing: Cityscapes root does not exist"):
+        list_samples(DatasetConfig(root=f"{base}/nothing", cache=cache))
+    with pytest.raises(DataError, match=f"{base}/cityscapes/leftImg8bit/test: split 'test' not found"):
+        list_samples(DatasetConfig(root=f"{base}/cityscapes", split="test", cache=cache))
+
+
+def test_the_job_reads_its_dataset_from_s3_with_the_bytes_of_a_local_run(
+    s3_endpoint, bucket, city_root, local_run, tmp_path
+):
+    """dataset.root=s3://...: the references are listed from moto's server and fetched into the
+    node cache by the workers; the shards equal a local run's; the rerun resumes; a rewritten
+    object is a changed dataset."""
+    uri = f"s3://{bucket}/city/cityscapes"
+    upload(city_root / "cityscapes", s3_store(uri, s3_endpoint))
+    out = tmp_path / "out"
+    args = (IN_PROCESS, f"dataset.root={uri}", f"dataset.storage_options.endpoint_url={s3_endpoint}",
+            f"dataset.cache={tmp_path / 'cache'}")  # fmt: skip
+    summary = run(make_cfg(city_root, out, *args))
+    assert summary.counts == {"ok": 6} and shard_bytes(out) == shard_bytes(local_run)
+    again = run(make_cfg(city_root, out, *args))
+    assert again.shards_skipped == 3 and again.shards_redone == {}
+    image = sorted((city_root / "cityscapes" / "leftImg8bit" / "train").rglob("*_leftImg8bit.png"))[0]
+    rel = image.relative_to(city_root / "cityscapes").as_posix()
+    s3_store(uri, s3_endpoint).put_bytes(rel, image.read_bytes() + b"\0")  # one object rewritten
+    with pytest.raises(RuntimeError, match="dataset changed"):
+        run(make_cfg(city_root, out, *args))
 
 
 # ---------------------------------------------------------------------------------- the lock on stores

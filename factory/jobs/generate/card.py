@@ -95,6 +95,7 @@ def write_contact_sheet(
     variants: Sequence[Variant],
     previews: dict[str, np.ndarray],
     manifest: Manifest,
+    storage_options: dict[str, Any] | None = None,
 ) -> str | None:
     """reference | condition | variant 1 | ... per row, with column headers.
 
@@ -104,6 +105,7 @@ def write_contact_sheet(
     import cv2
 
     from factory.data.members import IMAGE_SUFFIXES, read_shard_samples
+    from factory.data.tree import fetch
     from factory.viz import grid_png
 
     if not refs:
@@ -123,6 +125,7 @@ def write_contact_sheet(
             found[s["__key__"]] = bgr[:, :, ::-1]
     rows = []
     for ref in refs:
+        fetch(ref, storage_options)  # a URI dataset: the pictured references into the driver's cache
         ref_img = cv2.imread(str(ref.paths["image"]), cv2.IMREAD_COLOR)
         h, w = ref_img.shape[:2] if ref_img is not None else (64, 128)
         panels = [ref_img[:, :, ::-1] if ref_img is not None else np.zeros((h, w, 3), np.uint8)]

@@ -149,7 +149,9 @@ def _run_locked(
 
     # 4. Dataset card and contact sheet (from the manifest: covers every run).
     card = write_card(out, cfg, variants, manifest, accounting)
-    write_contact_sheet(out, refs[: cfg.contact_sheet_refs], variants, previews, manifest)
+    write_contact_sheet(
+        out, refs[: cfg.contact_sheet_refs], variants, previews, manifest, cfg.dataset.storage_options
+    )
     return JobSummary(
         out=cfg.out,
         run_id=run_id,

@@ -25,6 +25,7 @@ import numpy as np
 
 from factory.data.members import AGREE_MEMBER
 from factory.data.sample import DataError, Sample, SampleRef
+from factory.data.tree import fetch
 from factory.jobs.generate.config import GenerateConfig
 from factory.jobs.loading import load_ahead
 from factory.jobs.stage import Resources, ShardTask
@@ -121,6 +122,7 @@ class GenerateStage:
         if item.ref.meta.get("listing_error"):
             return None, {}, f"reference incomplete: {item.ref.meta['listing_error']}"
         try:
+            fetch(item.ref, self.cfg.dataset.storage_options)  # a URI dataset: into this node's cache
             labels = label_files(item.ref)
             # Every label file the shard will copy is decoded and checked (ids, size, decodes
             # fully): a corrupt label must be a failed row here, not a crash in someone's
