@@ -253,8 +253,18 @@ def test_the_job_reads_its_dataset_from_s3_with_the_bytes_of_a_local_run(
     out = tmp_path / "out"
     args = (IN_PROCESS, f"dataset.root={uri}", f"dataset.storage_options.endpoint_url={s3_endpoint}",
             f"dataset.cache={tmp_path / 'cache'}")  # fmt: skip
-    summary = run(make_cfg(city_root, out, *args))
+    keys = (
+        "dataset.storage_options.key=testing",
+        "dataset.storage_options.secret=testing",
+    )  # explicit, as moto's
+    summary = run(make_cfg(city_root, out, *args, *keys))
     assert summary.counts == {"ok": 6} and shard_bytes(out) == shard_bytes(local_run)
+    card = json.loads((out / "card.json").read_text())
+    assert card["config"]["dataset"]["storage_options"] == {
+        "key": "<redacted>",
+        "secret": "<redacted>",
+        "endpoint_url": s3_endpoint,
+    }
     again = run(make_cfg(city_root, out, *args))
     assert again.shards_skipped == 3 and again.shards_redone == {}
     image = sorted((city_root / "cityscapes" / "leftImg8bit" / "train").rglob("*_leftImg8bit.png"))[0]

@@ -56,6 +56,7 @@ def write_card(
     per_sample = synth_s * resource / accepted if accepted else None
     config = to_dict(cfg)
     config["storage_options"] = redact(cfg.storage_options)  # credentials never go in a card
+    config["dataset"]["storage_options"] = redact(cfg.dataset.storage_options)
     card = {
         "out": out.location,
         "samples": {"accepted": accepted, "final": len(final), "attempts": len(rows)},
