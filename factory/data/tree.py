@@ -141,7 +141,10 @@ class ListedTree:
 
     def annotate(self, ref: SampleRef) -> SampleRef:
         """``ref`` with ``meta["remote"]``: what ``fetch`` and ``dataset_identity`` need."""
-        files = {kind: list(self.listing[self.rel(Path(p)) or ""]) for kind, p in ref.paths.items()}
+        files = {
+            kind: list(self.listing[Path(p).relative_to(self.root).as_posix()])
+            for kind, p in ref.paths.items()
+        }
         return replace(
             ref, meta={**ref.meta, "remote": {"uri": self.uri, "cache": str(self.root), "files": files}}
         )
