@@ -88,7 +88,8 @@ def test_help_lists_nested_config_fields_with_types_defaults_and_docs():
     for line in [
         "  out: Path | str (required)",  # a local folder or an fsspec URI
         "  synth.steps: int = 20",
-        "  dataset.root: Path = data/procedural/cityscapes",
+        "  dataset.root: Path | str = data/procedural/cityscapes",  # or an fsspec URI
+        "  dataset.cache: Path = /tmp/lumen-dataset-cache",
         "  variants.sets: list[str] = [fog, rain, snow, night]",
         "  synth.condition.layout.model: str = tiny",  # nested two levels below an optional config
         "  executor: {actor_pool, ray_data, in_process} = actor_pool",
