@@ -83,7 +83,8 @@ def list_samples(cfg: DatasetConfig) -> ReadResult:
     bad = [
         BadSample(Path(tree.uri_of(b.path)), b.reason.replace(str(tree.root), tree.uri)) for b in result.bad
     ]
-    return _limited(ReadResult([tree.annotate(r) for r in result.refs], bad), cfg.limit)
+    result = _limited(result, cfg.limit)
+    return ReadResult([tree.annotate(r) for r in result.refs], bad)
 
 
 def _list(cfg: DatasetConfig, root: Path, tree: Tree) -> ReadResult:
