@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +55,32 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
+def atomic_write_with(path: str | Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` fills a hidden temporary beside ``path`` (``.tmp-<name>.<pid>-<thread>``,
+    unique per writer thread), which is then renamed onto ``path``; on an exception it is removed.
+    A reader sees the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}-{threading.get_ident()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, and
+    the new one survives a crash once this returns (file and folder fsynced)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write_with(path, write)
+    fsync_dir(Path(path).parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -43,13 +43,12 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from factory.atomic import atomic_write_bytes, fsync_dir
+from factory.atomic import atomic_write_bytes, atomic_write_with, fsync_dir
 
 # protocols whose fsspec implementation creates an object only if it is absent, server-side
 # (s3fs: a PUT with If-None-Match: *). Others fall back to fsspec's check-then-write.
@@ -219,7 +218,7 @@ class LocalStore(Store):
         return found
 
     def download(self, name: str, dest: Path) -> None:
-        _replace_with(dest, lambda tmp: shutil.copyfile(self.root / name, tmp))
+        atomic_write_with(dest, lambda tmp: shutil.copyfile(self.root / name, tmp))
 
     def size(self, name: str) -> int | None:
         path = self.root / name
@@ -343,7 +342,7 @@ class FsspecStore(Store):
         return found
 
     def download(self, name: str, dest: Path) -> None:
-        _replace_with(dest, lambda tmp: self.fs.get_file(self._full(name), str(tmp)))
+        atomic_write_with(dest, lambda tmp: self.fs.get_file(self._full(name), str(tmp)))
 
     def size(self, name: str) -> int | None:
         path = self._full(name)
@@ -391,17 +390,6 @@ class FsspecStore(Store):
     def remove(self, name: str) -> None:
         with suppress(FileNotFoundError):
             self.fs.rm_file(self._full(name))
-
-
-def _replace_with(dest: Path, write: Any) -> None:
-    """``write(tmp)`` to a hidden temporary beside ``dest``, then rename it onto ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def open_store(out: str | Path | Store, storage_options: Mapping[str, Any] | None = None) -> Store:
